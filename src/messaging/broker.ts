@@ -1,0 +1,191 @@
+/**
+ * The RabbitMQ side: one recovering connection (amqplib's own connection recovery), a confirm channel for
+ * publishing and, for workers, a consumer channel. amqplib reconnects the connection; channels, topology
+ * and consumers are re-created in its `setup` hook after every (re)connect.
+ */
+import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import { DependencyUnavailableError } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import { declareTopology, type Topology } from './topology.js';
+
+export interface Job { messageId: string; attempt: number }
+
+/** What a consumer decided about one delivery. */
+export type Disposition =
+  | { action: 'ack' }
+  | { action: 'retry'; tier: number; job: Job }   // publish to the retry tier, then ack
+  | { action: 'park'; reason: string }              // dead-letter to the parked queue
+  | { action: 'requeue' };                          // give it back now (counts toward the delivery limit)
+
+export type JobHandler = (msg: ConsumeMessage) => Promise<Disposition>;
+
+export interface BrokerOptions {
+  url: string;
+  topology: Topology;
+  deliveryLimit: number;
+  confirmTimeoutMs: number;
+  prefetch: number;
+  logger: Logger;
+}
+
+export class Broker {
+  private connection: Awaited<ReturnType<typeof connectRecovering>> | undefined;
+  private publisher: ConfirmChannel | undefined;
+  private consumer: { channel: Channel; tag: string } | undefined;
+  private handler: JobHandler | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
+  private closed = false;
+
+  constructor(private readonly opts: BrokerOptions) {}
+
+  /**
+   * Starts connecting in the background; with a handler, this process also consumes jobs. Publishing
+   * fails fast (DependencyUnavailableError) until connected.
+   */
+  async start(handler?: JobHandler): Promise<void> {
+    this.handler = handler;
+    this.connection = await connectRecovering(this.opts.url, (model) => this.setup(model));
+    this.connection.on('disconnect', (err: Error) => {
+      this.publisher = undefined;
+      this.consumer = undefined;
+      this.opts.logger.warn('rabbitmq disconnected, reconnecting', { err: err.message });
+    });
+    this.connection.on('connect-failed', (err: Error) => this.opts.logger.warn('rabbitmq connect attempt failed', { err: err.message }));
+    this.connection.on('error', (err: Error) => this.opts.logger.warn('rabbitmq connection error', { err: err.message }));
+  }
+
+  get isConnected(): boolean { return this.publisher !== undefined; }
+
+  /** Resolves once the broker is connected, or rejects after `timeoutMs`. */
+  async waitUntilConnected(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.isConnected) {
+      if (Date.now() > deadline) throw new DependencyUnavailableError('rabbitmq', `RabbitMQ not reachable at ${redactUrl(this.opts.url)} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Called by amqplib after every successful (re)connect. */
+  private async setup(model: ChannelModel): Promise<void> {
+    const publisher = await model.createConfirmChannel();
+    await declareTopology(publisher, this.opts.topology, this.opts.deliveryLimit);
+    // A channel can close while its connection lives on (e.g. a channel error); then recycle the whole
+    // connection so recovery rebuilds everything in one known way.
+    const recycle = (what: string) => () => {
+      if (this.closed) return;
+      this.opts.logger.warn(`rabbitmq ${what} channel closed, reconnecting`);
+      model.close().catch(() => undefined);
+    };
+    publisher.on('close', recycle('publisher'));
+    publisher.on('error', () => undefined);
+    if (this.handler) {
+      const channel = await model.createChannel();
+      await channel.prefetch(this.opts.prefetch);
+      channel.on('close', recycle('consumer'));
+      channel.on('error', () => undefined);
+      const handler = this.handler;
+      const { consumerTag } = await channel.consume(this.opts.topology.jobsQueue, (msg) => {
+        if (msg) this.track(this.dispatch(channel, handler, msg));
+      });
+      this.consumer = { channel, tag: consumerTag };
+    }
+    this.publisher = publisher;
+    this.opts.logger.info('rabbitmq connected', { consuming: this.handler !== undefined });
+  }
+
+  /** Stops taking new jobs; deliveries already received keep running. */
+  async cancelConsumer(): Promise<void> {
+    this.handler = undefined;
+    const c = this.consumer;
+    this.consumer = undefined;
+    if (c) await c.channel.cancel(c.tag).catch(() => undefined);
+  }
+
+  /** Waits for deliveries in progress (bounded by the caller's shutdown deadline). */
+  async drain(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  async publishJob(job: Job): Promise<void> {
+    const t = this.opts.topology;
+    await this.publish(t.jobsExchange, t.jobRoutingKey, job);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.connection?.close().catch(() => undefined);
+  }
+
+  /** Publishes persistently and waits for the broker's confirm, bounded by AMQP_CONFIRM_TIMEOUT_MS. */
+  private async publish(exchange: string, routingKey: string, job: Job): Promise<void> {
+    const ch = this.publisher;
+    if (!ch) throw new DependencyUnavailableError('rabbitmq', 'RabbitMQ is not connected');
+    const body = Buffer.from(JSON.stringify(job));
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        new Promise<void>((resolve, reject) => {
+          ch.publish(exchange, routingKey, body, { persistent: true, contentType: 'application/json', messageId: job.messageId },
+            (err) => (err ? reject(new DependencyUnavailableError('rabbitmq', 'RabbitMQ refused the message (nack)', err)) : resolve()));
+        }),
+        new Promise<void>((_, reject) => {
+          timer = setTimeout(() => reject(new DependencyUnavailableError('rabbitmq', `no publisher confirm within ${this.opts.confirmTimeoutMs} ms`)), this.opts.confirmTimeoutMs);
+        }),
+      ]);
+    } catch (err) {
+      if (err instanceof DependencyUnavailableError) throw err;
+      throw new DependencyUnavailableError('rabbitmq', `publish failed: ${(err as Error).message}`, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async dispatch(channel: Channel, handler: JobHandler, msg: ConsumeMessage): Promise<void> {
+    let d: Disposition;
+    try {
+      d = await handler(msg);
+    } catch (err) {
+      this.opts.logger.error('job handler failed unexpectedly; requeueing', { err });
+      d = { action: 'requeue' };
+    }
+    try {
+      if (d.action === 'retry') {
+        const tier = this.opts.topology.retryQueues[d.tier];
+        if (!tier) throw new Error(`no retry tier ${d.tier}`);
+        await this.publish(this.opts.topology.retryExchange, tier.routingKey, d.job);
+        channel.ack(msg);
+      } else if (d.action === 'ack') {
+        channel.ack(msg);
+      } else if (d.action === 'park') {
+        channel.nack(msg, false, false);
+      } else {
+        // A short pause so a failing dependency does not turn into a hot redelivery loop.
+        await new Promise((r) => setTimeout(r, 1000));
+        channel.nack(msg, false, true);
+      }
+    } catch (err) {
+      // The retry publish failed or the channel is gone: give the job back (or let the broker redeliver it).
+      this.opts.logger.warn('could not settle delivery; it will be redelivered', { err: (err as Error).message });
+      try { channel.nack(msg, false, true); } catch { /* channel closed: the broker redelivers */ }
+    }
+  }
+
+  private track(p: Promise<void>): void {
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p));
+  }
+}
+
+function connectRecovering(url: string, setup: (model: ChannelModel) => Promise<void>) {
+  // Heartbeats notice a dead peer within seconds; amqplib takes them from the URL.
+  const withHeartbeat = /[?&]heartbeat=/.test(url) ? url : `${url}${url.includes('?') ? '&' : '?'}heartbeat=10`;
+  return amqp.connect(withHeartbeat, {
+    timeout: 5000,
+    recovery: { initialDelay: 200, maxDelay: 5000, maxRetries: Infinity, waitForConnect: false, setup },
+  });
+}
+
+export function redactUrl(u: string): string {
+  return u.replace(/\/\/[^@/]*@/, '//***@');
+}

@@ -1,0 +1,56 @@
+/**
+ * PostgreSQL pool and scoped transactions.
+ */
+import pg from 'pg';
+import type { Config } from '../config.js';
+import { DependencyUnavailableError } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+
+export type Db = pg.Pool;
+export type Queryable = pg.Pool | pg.PoolClient;
+
+export function createDb(config: Pick<Config, 'databaseUrl' | 'databasePoolSize' | 'databaseStatementTimeoutMs'>, logger: Logger): Db {
+  const pool = new pg.Pool({
+    connectionString: config.databaseUrl,
+    max: config.databasePoolSize,
+    connectionTimeoutMillis: config.databaseStatementTimeoutMs,
+    statement_timeout: config.databaseStatementTimeoutMs,
+    query_timeout: config.databaseStatementTimeoutMs + 1000,
+  });
+  // An idle client losing its server must not crash the process; the next query reports it.
+  pool.on('error', (err) => logger.warn('postgres idle client error', { err }));
+  return pool;
+}
+
+/** Runs cb in one transaction; rolls back on any error. */
+export async function withTransaction<T>(db: Db, cb: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await connect(db);
+  try {
+    await client.query('BEGIN');
+    const result = await cb(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw isConnectionError(err) ? new DependencyUnavailableError('postgres', `PostgreSQL unavailable: ${(err as Error).message}`, err) : err;
+  } finally {
+    client.release();
+  }
+}
+
+async function connect(db: Db): Promise<pg.PoolClient> {
+  try {
+    return await db.connect();
+  } catch (err) {
+    throw new DependencyUnavailableError('postgres', `PostgreSQL unavailable: ${(err as Error).message}`, err);
+  }
+}
+
+/** Connection-level failures (refused, reset, timeout, server shutting down), as opposed to SQL errors. */
+export function isConnectionError(err: unknown): boolean {
+  if (err instanceof DependencyUnavailableError) return true;
+  const e = err as { code?: string; message?: string } | undefined;
+  if (!e) return false;
+  if (e.code && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|ENOTFOUND|57P0[1-3]|08\d{3})$/.test(e.code)) return true;
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(e.message ?? '');
+}

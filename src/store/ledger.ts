@@ -1,0 +1,215 @@
+/**
+ * The ledger repository: batches and their per-domain outcomes. Every state change of a domain goes
+ * through here, so "what happened to domain X of message Y" always has one answer.
+ */
+import type pg from 'pg';
+import type { Db, Queryable } from './db.js';
+import { withTransaction } from './db.js';
+
+export const DOMAIN_STATUSES = ['pending', 'in_progress', 'succeeded', 'failed', 'retryable', 'unsupported', 'unknown_domain'] as const;
+export type DomainStatus = (typeof DOMAIN_STATUSES)[number];
+/** Statuses a worker may pick up without an operator. */
+export const OPEN_STATUSES: DomainStatus[] = ['pending', 'retryable'];
+
+export interface IncomingItem { domain: string; reqType: string; supported: boolean }
+
+export interface DomainRow {
+  messageId: string;
+  domain: string;
+  reqType: string;
+  status: DomainStatus;
+  attempts: number;
+  userIdCdn: string | null;
+  detail: string | null;
+  claimedBy: string | null;
+  updatedAt: Date;
+  finishedAt: Date | null;
+}
+
+export interface BatchRow {
+  messageId: string;
+  createdAt: Date;
+  updatedAt: Date;
+  callbacks: number;
+  publishPending: boolean;
+  publishedAt: Date | null;
+  lastRunAt: Date | null;
+}
+
+export type StatusCounts = Record<DomainStatus, number>;
+
+const DOMAIN_COLUMNS = `message_id AS "messageId", domain, req_type AS "reqType", status, attempts,
+  user_id_cdn AS "userIdCdn", detail, claimed_by AS "claimedBy", updated_at AS "updatedAt", finished_at AS "finishedAt"`;
+
+/**
+ * Stores one callback in the caller's transaction: audit row, batch (merged with an earlier callback of
+ * the same messageId), and one row per new domain. Known domains are left as they are.
+ */
+export async function recordCallback(
+  client: pg.PoolClient,
+  input: { messageId: string; remoteAddr: string | undefined; body: unknown; items: IncomingItem[] },
+): Promise<{ added: string[]; known: string[] }> {
+  await client.query(
+    'INSERT INTO callback_audit (message_id, remote_addr, item_count, body) VALUES ($1, $2, $3, $4)',
+    [input.messageId, input.remoteAddr ?? null, input.items.length, JSON.stringify(input.body)],
+  );
+  await client.query(
+    `INSERT INTO batch (message_id) VALUES ($1)
+     ON CONFLICT (message_id) DO UPDATE SET callbacks = batch.callbacks + 1, publish_pending = true, updated_at = now()`,
+    [input.messageId],
+  );
+  const { rows } = await client.query<{ domain: string }>(
+    `INSERT INTO batch_domain (message_id, domain, req_type, status, detail, finished_at)
+     SELECT $1, d, t, CASE WHEN s THEN 'pending' ELSE 'unsupported' END,
+            CASE WHEN s THEN NULL ELSE 'unsupported reqType ' || t END,
+            CASE WHEN s THEN NULL ELSE now() END
+     FROM unnest($2::text[], $3::text[], $4::boolean[]) AS x(d, t, s)
+     ON CONFLICT (message_id, domain) DO NOTHING
+     RETURNING domain`,
+    [input.messageId, input.items.map((i) => i.domain), input.items.map((i) => i.reqType), input.items.map((i) => i.supported)],
+  );
+  const added = new Set(rows.map((r) => r.domain));
+  return { added: [...added], known: input.items.map((i) => i.domain).filter((d) => !added.has(d)) };
+}
+
+export async function markPublished(db: Queryable, messageId: string, since: Date): Promise<void> {
+  // Only clear the flag if no newer callback arrived after this publish started.
+  await db.query(
+    `UPDATE batch SET publish_pending = false, published_at = now(), publish_error = NULL
+     WHERE message_id = $1 AND updated_at <= $2`,
+    [messageId, since],
+  );
+}
+
+export async function markPublishFailed(db: Queryable, messageId: string, error: string): Promise<void> {
+  await db.query('UPDATE batch SET publish_error = $2 WHERE message_id = $1', [messageId, error]);
+}
+
+/** Batches whose job has not been confirmed by the broker for at least `olderThanMs`. */
+export async function findUnpublished(db: Queryable, olderThanMs: number, limit: number): Promise<{ messageId: string; updatedAt: Date }[]> {
+  const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
+    `SELECT message_id AS "messageId", updated_at AS "updatedAt" FROM batch
+     WHERE publish_pending AND updated_at < now() - make_interval(secs => $1::double precision / 1000)
+     ORDER BY updated_at LIMIT $2`,
+    [olderThanMs, limit],
+  );
+  return rows;
+}
+
+export async function getBatch(db: Queryable, messageId: string): Promise<BatchRow | undefined> {
+  const { rows } = await db.query<BatchRow>(
+    `SELECT message_id AS "messageId", created_at AS "createdAt", updated_at AS "updatedAt", callbacks,
+            publish_pending AS "publishPending", published_at AS "publishedAt", last_run_at AS "lastRunAt"
+     FROM batch WHERE message_id = $1`,
+    [messageId],
+  );
+  return rows[0];
+}
+
+export async function listDomains(db: Queryable, messageId: string): Promise<DomainRow[]> {
+  const { rows } = await db.query<DomainRow>(`SELECT ${DOMAIN_COLUMNS} FROM batch_domain WHERE message_id = $1 ORDER BY domain`, [messageId]);
+  return rows;
+}
+
+export async function countByStatus(db: Queryable, messageIds: string[]): Promise<Map<string, StatusCounts>> {
+  const { rows } = await db.query<{ messageId: string; status: DomainStatus; n: number }>(
+    `SELECT message_id AS "messageId", status, count(*)::int AS n FROM batch_domain
+     WHERE message_id = ANY($1) GROUP BY message_id, status`,
+    [messageIds],
+  );
+  const out = new Map<string, StatusCounts>();
+  for (const id of messageIds) out.set(id, emptyCounts());
+  for (const r of rows) out.get(r.messageId)![r.status] = r.n;
+  return out;
+}
+
+export function emptyCounts(): StatusCounts {
+  return Object.fromEntries(DOMAIN_STATUSES.map((s) => [s, 0])) as StatusCounts;
+}
+
+/**
+ * Claims the open domains of a batch for one worker: pending or retryable ones, and in-progress ones
+ * whose lease ran out (their worker died). The row lock of the UPDATE guarantees that two workers
+ * never hold the same domain at once.
+ */
+export async function claimDomains(db: Queryable, messageId: string, workerId: string, leaseMs: number): Promise<DomainRow[]> {
+  const { rows } = await db.query<DomainRow>(
+    `UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
+            claimed_until = now() + make_interval(secs => $3::double precision / 1000),
+            attempts = attempts + 1, updated_at = now()
+     WHERE message_id = $1
+       AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
+     RETURNING ${DOMAIN_COLUMNS}`,
+    [messageId, workerId, leaseMs],
+  );
+  await db.query('UPDATE batch SET last_run_at = now() WHERE message_id = $1', [messageId]);
+  return rows;
+}
+
+/** Moves claimed domains to a final or retryable status; only rows still claimed by this worker change. */
+export async function settleDomains(
+  db: Queryable,
+  messageId: string,
+  workerId: string,
+  domains: string[],
+  status: Exclude<DomainStatus, 'in_progress'>,
+  detail: string | null,
+): Promise<number> {
+  if (domains.length === 0) return 0;
+  const finished = status === 'succeeded' || status === 'failed' || status === 'unknown_domain' || status === 'unsupported';
+  const { rowCount } = await db.query(
+    `UPDATE batch_domain SET status = $4, detail = $5, claimed_by = NULL, claimed_until = NULL, updated_at = now(),
+            finished_at = CASE WHEN $6 THEN now() ELSE NULL END
+     WHERE message_id = $1 AND domain = ANY($3) AND status = 'in_progress' AND claimed_by = $2`,
+    [messageId, workerId, domains, status, detail, finished],
+  );
+  return rowCount ?? 0;
+}
+
+/** Success: the outcome rows and the inventory rows change together, or not at all. */
+export async function settleSucceeded(db: Db, messageId: string, workerId: string, domains: string[], detail: string | null = null): Promise<void> {
+  if (domains.length === 0) return;
+  await withTransaction(db, async (client) => {
+    await settleDomains(client, messageId, workerId, domains, 'succeeded', detail);
+    await client.query(
+      `UPDATE cdn_domain SET status = 'deleted', deleted_at = now(), deleted_by_message_id = $1
+       WHERE domain = ANY($2) AND status = 'active'`,
+      [messageId, domains],
+    );
+  });
+}
+
+/** Remembers the security platform's id for each domain on its ledger row (for operators). */
+export async function setUserIds(db: Queryable, messageId: string, pairs: { domain: string; userIdCdn: string }[]): Promise<void> {
+  if (pairs.length === 0) return;
+  await db.query(
+    `UPDATE batch_domain b SET user_id_cdn = x.u FROM unnest($2::text[], $3::text[]) AS x(d, u)
+     WHERE b.message_id = $1 AND b.domain = x.d`,
+    [messageId, pairs.map((p) => p.domain), pairs.map((p) => p.userIdCdn)],
+  );
+}
+
+/**
+ * Re-opens domains for a replay: failed, retryable and stuck ones (in progress past their lease, or
+ * pending); with `all`, also unknown_domain and unsupported. Succeeded domains are never re-opened.
+ */
+export async function reopenForReplay(db: Queryable, messageIds: string[], all: boolean, dryRun: boolean): Promise<DomainRow[]> {
+  const statuses = all ? ['failed', 'retryable', 'unknown_domain', 'unsupported'] : ['failed', 'retryable'];
+  const where = `message_id = ANY($1) AND (status = ANY($2) OR status = 'pending'
+                 OR (status = 'in_progress' AND claimed_until < now()))`;
+  if (dryRun) {
+    const { rows } = await db.query<DomainRow>(`SELECT ${DOMAIN_COLUMNS} FROM batch_domain WHERE ${where} ORDER BY message_id, domain`, [messageIds, statuses]);
+    return rows;
+  }
+  const { rows } = await db.query<DomainRow>(
+    `UPDATE batch_domain SET status = 'pending', claimed_by = NULL, claimed_until = NULL, finished_at = NULL, updated_at = now()
+     WHERE ${where} RETURNING ${DOMAIN_COLUMNS}`,
+    [messageIds, statuses],
+  );
+  return rows.sort((a, b) => a.messageId.localeCompare(b.messageId) || a.domain.localeCompare(b.domain));
+}
+
+export async function existingBatches(db: Queryable, messageIds: string[]): Promise<string[]> {
+  const { rows } = await db.query<{ messageId: string }>('SELECT message_id AS "messageId" FROM batch WHERE message_id = ANY($1)', [messageIds]);
+  return rows.map((r) => r.messageId);
+}

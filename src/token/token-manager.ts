@@ -1,0 +1,192 @@
+/**
+ * The one shared security-platform token.
+ *
+ * The platform keeps a single valid token per credential set: every fetch kills the previous token. So
+ * the token lives in Redis for all workers on all hosts, with its expiry and a generation number, and
+ * only the holder of a redlock lock may fetch. The new token is written with a compare-and-set on the
+ * generation, so a refresher whose lock ran out during a slow fetch cannot overwrite a newer token.
+ * A 401 seen with generation g triggers a refresh only if g is still current. See CONTEXT.md, "The
+ * incident this service must make impossible".
+ */
+import type { Redis } from 'ioredis';
+import { ExecutionError, type Redlock } from '@sesamecare-oss/redlock';
+import type { Config } from '../config.js';
+import { AppError, BadCredentialsError, TokenRejectedError, TokenUnavailableError } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import type { Metrics } from '../lib/metrics.js';
+import { sleep } from '../lib/shutdown.js';
+import type { SecplatApi } from '../secplat/client.js';
+
+export interface SharedToken { token: string; generation: number; expiresAt: number }
+
+type TokenConfig = Pick<Config, 'redisKeyPrefix' | 'tokenRefreshBeforeMs' | 'tokenMinFetchIntervalMs' | 'tokenLockTtlMs'
+  | 'tokenCircuitOpenMs' | 'secplatMax401Retries' | 'secplatTimeoutMs'>;
+
+export interface TokenManagerDeps {
+  redis: Redis;
+  redlock: Redlock;
+  client: Pick<SecplatApi, 'fetchToken'>;
+  logger: Logger;
+  metrics?: Metrics;
+  config: TokenConfig;
+  /** Called once each time the circuit opens because the credentials were refused. */
+  onCircuitOpen?: (reason: string) => Promise<void>;
+}
+
+// Writes the new token only if the generation is still the one the refresher read under its lock.
+const CAS_SCRIPT = `
+local cur = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
+if cur ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'expiresAt', ARGV[3], 'generation', cur + 1)
+return cur + 1`;
+
+export class TokenManager {
+  private readonly keys: { token: string; lock: string; lastFetch: string; circuit: string };
+  private readonly inflight = new Map<number, Promise<SharedToken>>();
+
+  constructor(private readonly deps: TokenManagerDeps) {
+    const p = `${deps.config.redisKeyPrefix}:secplat:token`;
+    this.keys = { token: p, lock: `${p}:lock`, lastFetch: `${p}:last-fetch`, circuit: `${p}:circuit` };
+  }
+
+  /** A token valid for a while yet; refreshes (once, cluster-wide) when it is missing or about to expire. */
+  async getToken(): Promise<SharedToken> {
+    const current = await this.read();
+    if (current && this.isFresh(current)) return current;
+    return this.refresh(current?.generation ?? 0);
+  }
+
+  /**
+   * Runs `call` with the shared token; on a 401 refreshes only if that token is still the current one,
+   * then retries, up to SECPLAT_MAX_401_RETRIES rejections in a row.
+   */
+  async withToken<T>(call: (token: string, generation: number) => Promise<T>): Promise<T> {
+    let token = await this.getToken();
+    for (let rejections = 1; ; rejections++) {
+      try {
+        return await call(token.token, token.generation);
+      } catch (err) {
+        if (!(err instanceof TokenRejectedError)) throw err;
+        this.deps.metrics?.unauthorized.inc();
+        if (rejections >= this.deps.config.secplatMax401Retries) throw err;
+        this.deps.logger.info('token rejected, refreshing if still current', { tokenGeneration: err.generation });
+        token = await this.refresh(err.generation);
+      }
+    }
+  }
+
+  /** The token is stale from generation `stale` on: fetch a new one unless someone already has. */
+  refresh(stale: number): Promise<SharedToken> {
+    // Within one process, callers that saw the same generation share one refresh attempt.
+    let p = this.inflight.get(stale);
+    if (!p) {
+      p = this.refreshShared(stale).finally(() => this.inflight.delete(stale));
+      this.inflight.set(stale, p);
+    }
+    return p;
+  }
+
+  /** Current shared token, or undefined when none was ever fetched. Throws TokenUnavailableError if Redis is down. */
+  async read(): Promise<SharedToken | undefined> {
+    const h = await this.redis(() => this.deps.redis.hgetall(this.keys.token));
+    if (!h.token) return h.generation ? { token: '', generation: Number(h.generation), expiresAt: 0 } : undefined;
+    return { token: h.token, generation: Number(h.generation), expiresAt: Number(h.expiresAt) };
+  }
+
+  /** Milliseconds the bad-credentials circuit stays open (0 = closed). */
+  async circuitOpenFor(): Promise<number> {
+    return Math.max(0, await this.redis(() => this.deps.redis.pttl(this.keys.circuit)));
+  }
+
+  private isFresh(t: SharedToken): boolean {
+    return t.token !== '' && Date.now() < t.expiresAt - this.deps.config.tokenRefreshBeforeMs;
+  }
+
+  /** Someone else already replaced the stale generation with a token that still works. */
+  private isNewer(t: SharedToken | undefined, stale: number): boolean {
+    return !!t && t.generation > stale && t.token !== '' && Date.now() < t.expiresAt;
+  }
+
+  private async refreshShared(stale: number): Promise<SharedToken> {
+    const before = await this.read();
+    if (this.isNewer(before, stale)) return before!;
+    await this.assertCircuitClosed();
+    const { tokenLockTtlMs, tokenMinFetchIntervalMs } = this.deps.config;
+    // Waiters keep trying for longer than one full refresh (lock TTL + min interval) can take.
+    const retryDelay = 100;
+    const retryCount = Math.ceil((2 * tokenLockTtlMs + tokenMinFetchIntervalMs) / retryDelay);
+    try {
+      return await this.deps.redlock.using([this.keys.lock], tokenLockTtlMs, { retryCount, retryDelay, retryJitter: 50 }, async (signal) => {
+        // Re-read under the lock: the previous holder may have refreshed while we waited.
+        const current = await this.read();
+        if (this.isNewer(current, stale)) return current!;
+        await this.assertCircuitClosed();
+        await this.waitForMinInterval(signal);
+        return this.fetchAndStore(current?.generation ?? 0);
+      });
+    } catch (err) {
+      if (err instanceof AppError) throw err;
+      if (err instanceof ExecutionError) {
+        const after = await this.read();
+        if (this.isNewer(after, stale)) return after!;
+        throw new TokenUnavailableError('could not take the token refresh lock', err);
+      }
+      throw new TokenUnavailableError(`token refresh failed: ${(err as Error).message}`, err);
+    }
+  }
+
+  private async fetchAndStore(generation: number): Promise<SharedToken> {
+    const { redis, client, logger, metrics, config } = this.deps;
+    await this.redis(() => redis.set(this.keys.lastFetch, String(Date.now()), 'PX', Math.max(1, config.tokenMinFetchIntervalMs)));
+    let fetched;
+    try {
+      fetched = await client.fetchToken();
+    } catch (err) {
+      metrics?.tokenFetches.inc({ result: err instanceof BadCredentialsError ? 'bad_credentials' : 'error' });
+      if (err instanceof BadCredentialsError) await this.openCircuit(err.message);
+      throw err;
+    }
+    metrics?.tokenFetches.inc({ result: 'ok' });
+    const expiresAt = Date.now() + fetched.expiresInSec * 1000;
+    const written = Number(await this.redis(() => redis.eval(CAS_SCRIPT, 1, this.keys.token, String(generation), fetched.accessToken, String(expiresAt))));
+    if (written === -1) {
+      // Our lock expired and a newer refresher won: its token is the valid one (ours was killed by it, or kills it
+      // — either way the stored one is what every worker will use next, and a 401 will converge).
+      logger.warn('token refresh lost the compare-and-set; keeping the newer token');
+      const now = await this.read();
+      if (now) return now;
+      throw new TokenUnavailableError('token vanished after a lost compare-and-set');
+    }
+    logger.info('security-platform token fetched', { tokenGeneration: written, expiresInSec: fetched.expiresInSec });
+    return { token: fetched.accessToken, generation: written, expiresAt };
+  }
+
+  private async waitForMinInterval(signal: AbortSignal): Promise<void> {
+    const wait = await this.redis(() => this.deps.redis.pttl(this.keys.lastFetch));
+    if (wait > 0) {
+      this.deps.logger.info('token fetched recently, waiting for the minimum interval', { waitMs: wait });
+      await sleep(wait, signal);
+      if (signal.aborted) throw new TokenUnavailableError('lost the token refresh lock while waiting');
+    }
+  }
+
+  private async assertCircuitClosed(): Promise<void> {
+    const open = await this.circuitOpenFor();
+    if (open > 0) throw new BadCredentialsError(`token fetches paused for ${Math.ceil(open / 1000)} s: the security platform refused our credentials`);
+  }
+
+  private async openCircuit(reason: string): Promise<void> {
+    const opened = await this.redis(() => this.deps.redis.set(this.keys.circuit, reason, 'PX', this.deps.config.tokenCircuitOpenMs, 'NX'));
+    this.deps.logger.error('security platform refused our credentials; token fetches paused', { openMs: this.deps.config.tokenCircuitOpenMs });
+    if (opened === 'OK') await this.deps.onCircuitOpen?.(reason).catch((err) => this.deps.logger.error('could not raise alarm', { err }));
+  }
+
+  /** Every Redis call goes through here: an unreachable Redis means no token, never an uncoordinated fetch. */
+  private async redis<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (err) {
+      throw new TokenUnavailableError(`Redis unavailable: ${(err as Error).message}`, err);
+    }
+  }
+}
