@@ -3,14 +3,14 @@
  * Steer it while it runs through its admin endpoints: GET /__sim/stats, POST /__sim/reset,
  * POST /__sim/invalidate, POST /__sim/expire, PATCH /__sim/options.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from '../src/lib/logger.js';
 import { createSimulator, SimulatorOptionsError } from '../src/simulator/server.js';
 
 const integer = (min: number, max = Number.MAX_SAFE_INTEGER) => (value: string): number => {
   const n = Number(value);
   if (value.trim() === '' || !Number.isInteger(n) || n < min || n > max) {
-    throw new InvalidArgumentError(`must be an integer from ${min} to ${max}.`);
+    throw new InvalidArgumentError(max === Number.MAX_SAFE_INTEGER ? `must be an integer ≥ ${min}.` : `must be an integer from ${min} to ${max}.`);
   }
   return n;
 };
@@ -35,7 +35,7 @@ const program = new Command('simulator')
   .option('--client-id <id>', 'expected OAuth client_id', 'cdn-platform')
   .option('--username <name>', 'expected username', 'cdn')
   .option('--password <password>', 'expected password (default: $SECPLAT_PASSWORD, else "secret")')
-  .option('--log-level <level>', 'log level; request logs are at debug', 'info')
+  .addOption(new Option('--log-level <level>', 'log level; request logs are at debug').choices(['error', 'warn', 'info', 'debug']).default('info'))
   // Usage errors exit 2 (commander's default is 1); --help still exits 0.
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
   .parse();
@@ -47,34 +47,34 @@ const flags = program.opts<{
 }>();
 
 const logger = createLogger({ level: flags.logLevel, service: 'secplat-simulator' });
-let simulator;
-try {
-  simulator = createSimulator({
-    clientId: flags.clientId,
-    username: flags.username,
-    password: flags.password ?? process.env.SECPLAT_PASSWORD ?? 'secret',
-    tokenTtlSec: flags.tokenTtl,
-    latencyMs: flags.latency,
-    tokenLatencyMs: flags.tokenLatency,
-    failIds: flags.failIds,
-    errorRate: flags.errorRate,
-    rejectCredentials: flags.rejectCredentials,
-    maxEntriesPerCall: flags.maxEntries,
-    logger,
-  });
-} catch (err) {
-  if (!(err instanceof SimulatorOptionsError)) throw err;
-  console.error(`simulator: ${err.message}`);
-  process.exit(2);
-}
+const simulator = (() => {
+  try {
+    return createSimulator({
+      clientId: flags.clientId,
+      username: flags.username,
+      password: flags.password ?? process.env.SECPLAT_PASSWORD ?? 'secret',
+      tokenTtlSec: flags.tokenTtl,
+      latencyMs: flags.latency,
+      tokenLatencyMs: flags.tokenLatency,
+      failIds: flags.failIds,
+      errorRate: flags.errorRate,
+      rejectCredentials: flags.rejectCredentials,
+      maxEntriesPerCall: flags.maxEntries,
+      logger,
+    });
+  } catch (err) {
+    if (!(err instanceof SimulatorOptionsError)) throw err;
+    console.error(`simulator: ${err.message}`);
+    return process.exit(2);
+  }
+})();
 
 const { url } = await simulator.start(flags.port, flags.host);
 console.log(`security-platform simulator listening on ${url}`);
 
-const sim = simulator;
 const shutdown = (signal: string): void => {
   console.log(`simulator: ${signal} received, stopping`);
-  sim.stop().then(() => { process.exitCode = 0; }, (err: unknown) => {
+  simulator.stop().then(() => { process.exitCode = 0; }, (err: unknown) => {
     console.error('simulator: stop failed', err);
     process.exitCode = 1;
   });

@@ -169,9 +169,10 @@ export function createSimulator(options: Partial<SimulatorOptions> = {}): Simula
 
   app.use((req, res, next) => {
     const started = Date.now();
-    // Path and status only: headers and bodies carry tokens and passwords.
+    // Path and status only: headers, bodies and query strings may carry tokens and passwords.
+    const path = req.originalUrl.split('?')[0];
     res.on('finish', () => logger?.debug('simulator request', {
-      method: req.method, path: req.path, status: res.statusCode, ms: Date.now() - started,
+      method: req.method, path, status: res.statusCode, ms: Date.now() - started,
     }));
     next();
   });
@@ -246,7 +247,7 @@ export function createSimulator(options: Partial<SimulatorOptions> = {}): Simula
       }).catch((err: unknown) => { server = null; throw err; });
       const actualPort = (srv.address() as AddressInfo).port;
       const url = `http://${host.includes(':') ? `[${host}]` : host}:${actualPort}`;
-      logger?.info('security-platform simulator listening', { url });
+      logger?.debug('security-platform simulator listening', { url });
       return { url, port: actualPort };
     },
 

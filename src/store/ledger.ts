@@ -48,14 +48,15 @@ const DOMAIN_COLUMNS = `message_id AS "messageId", domain, req_type AS "reqType"
 export async function recordCallback(
   client: pg.PoolClient,
   input: { messageId: string; remoteAddr: string | undefined; body: unknown; items: IncomingItem[] },
-): Promise<{ added: string[]; known: string[] }> {
+): Promise<{ added: string[]; known: string[]; updatedAt: Date }> {
   await client.query(
     'INSERT INTO callback_audit (message_id, remote_addr, item_count, body) VALUES ($1, $2, $3, $4)',
     [input.messageId, input.remoteAddr ?? null, input.items.length, JSON.stringify(input.body)],
   );
-  await client.query(
+  const batch = await client.query<{ updatedAt: Date }>(
     `INSERT INTO batch (message_id) VALUES ($1)
-     ON CONFLICT (message_id) DO UPDATE SET callbacks = batch.callbacks + 1, publish_pending = true, updated_at = now()`,
+     ON CONFLICT (message_id) DO UPDATE SET callbacks = batch.callbacks + 1, publish_pending = true, updated_at = now()
+     RETURNING updated_at AS "updatedAt"`,
     [input.messageId],
   );
   const { rows } = await client.query<{ domain: string }>(
@@ -69,11 +70,15 @@ export async function recordCallback(
     [input.messageId, input.items.map((i) => i.domain), input.items.map((i) => i.reqType), input.items.map((i) => i.supported)],
   );
   const added = new Set(rows.map((r) => r.domain));
-  return { added: [...added], known: input.items.map((i) => i.domain).filter((d) => !added.has(d)) };
+  return { added: [...added], known: input.items.map((i) => i.domain).filter((d) => !added.has(d)), updatedAt: batch.rows[0]!.updatedAt };
 }
 
+export async function markRelayed(db: Queryable, messageId: string): Promise<void> {
+  await db.query('UPDATE batch SET relayed_at = now() WHERE message_id = $1', [messageId]);
+}
+
+/** Clears the publish flag unless a newer callback (a later updated_at) arrived meanwhile. */
 export async function markPublished(db: Queryable, messageId: string, since: Date): Promise<void> {
-  // Only clear the flag if no newer callback arrived after this publish started.
   await db.query(
     `UPDATE batch SET publish_pending = false, published_at = now(), publish_error = NULL
      WHERE message_id = $1 AND updated_at <= $2`,
@@ -83,6 +88,35 @@ export async function markPublished(db: Queryable, messageId: string, since: Dat
 
 export async function markPublishFailed(db: Queryable, messageId: string, error: string): Promise<void> {
   await db.query('UPDATE batch SET publish_error = $2 WHERE message_id = $1', [messageId, error]);
+}
+
+/** Asks the relay to (re)publish a batch's job, e.g. after a replay re-opened its domains. */
+export async function requestPublish(db: Queryable, messageIds: string[]): Promise<Map<string, Date>> {
+  const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
+    `UPDATE batch SET publish_pending = true, updated_at = now() WHERE message_id = ANY($1)
+     RETURNING message_id AS "messageId", updated_at AS "updatedAt"`,
+    [messageIds],
+  );
+  return new Map(rows.map((r) => [r.messageId, r.updatedAt]));
+}
+
+/**
+ * Batches whose open domains nobody is working on: pending or retryable untouched for `idleMs` (a job lost
+ * between queues, or never published), or in progress past their lease (the worker died).
+ */
+export async function findStalled(db: Queryable, idleMs: number, limit: number): Promise<{ messageId: string; updatedAt: Date }[]> {
+  const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
+    `SELECT b.message_id AS "messageId", b.updated_at AS "updatedAt" FROM batch b
+     WHERE NOT b.publish_pending
+       AND (b.relayed_at IS NULL OR b.relayed_at < now() - make_interval(secs => $1::double precision / 1000))
+       AND EXISTS (
+       SELECT 1 FROM batch_domain d WHERE d.message_id = b.message_id AND (
+         (d.status IN ('pending', 'retryable') AND d.updated_at < now() - make_interval(secs => $1::double precision / 1000))
+         OR (d.status = 'in_progress' AND d.claimed_until < now())))
+     ORDER BY b.updated_at LIMIT $2`,
+    [idleMs, limit],
+  );
+  return rows;
 }
 
 /** Batches whose job has not been confirmed by the broker for at least `olderThanMs`. */

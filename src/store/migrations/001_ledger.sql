@@ -20,7 +20,8 @@ CREATE TABLE batch (
   publish_pending boolean NOT NULL DEFAULT true,
   published_at    timestamptz,
   publish_error   text,
-  last_run_at     timestamptz
+  last_run_at     timestamptz,   -- last time a worker claimed domains of this batch
+  relayed_at      timestamptz    -- last time the relay re-published it as stalled
 );
 CREATE INDEX batch_publish_pending ON batch (updated_at) WHERE publish_pending;
 

@@ -1,0 +1,98 @@
+/**
+ * Composition root: load config, build the context, run the API and/or the workers, and shut down
+ * gracefully on SIGTERM/SIGINT.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pathToFileURL } from 'node:url';
+import { loadConfig, type Config } from './config.js';
+import { createContext, type AppContext } from './context.js';
+import { createApp } from './http/app.js';
+import { ConfigError } from './lib/errors.js';
+import { createLogger } from './lib/logger.js';
+import { redactUrl } from './messaging/broker.js';
+import { createJobHandler } from './pipeline/process-batch.js';
+import { startRelay } from './pipeline/publish.js';
+import { migrate } from './store/migrate.js';
+
+/** Starts the service; resolves once it is serving. Exported so tests can run it in-process. */
+export async function startService(config: Config, ctx: AppContext = createContext(config)): Promise<{ ctx: AppContext; port: number; stop(): Promise<void> }> {
+  const { logger, releasers } = ctx;
+  const runApi = config.role !== 'worker';
+  const runWorker = config.role !== 'api';
+
+  await migrate(ctx.db, logger).catch((err: Error) => {
+    throw new StartupError(`PostgreSQL is not reachable at ${redactUrl(config.databaseUrl)} (${err.message}); start it with: pg_ctlcluster --skip-systemctl-redirect 15 main start`);
+  });
+  await ctx.redis.connect().catch((err: Error) =>
+    logger.warn(`Redis is not reachable at ${redactUrl(config.redisUrl)} (${err.message}); no token can be fetched until it is. Start it with: redis-server --daemonize yes`));
+
+  await ctx.broker.start(runWorker ? createJobHandler({ ...ctx, config, signal: ctx.shutdownSignal }) : undefined);
+  await ctx.broker.waitUntilConnected(10_000).catch(() =>
+    logger.warn(`RabbitMQ is not reachable at ${redactUrl(config.rabbitmqUrl)}; callbacks are still stored and will be published once it is. Start it with: rabbitmq-server -detached`));
+
+  const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs });
+  releasers.add('relay', () => relay.stop());
+
+  if (runWorker) {
+    releasers.add('worker', async () => {
+      await ctx.broker.cancelConsumer();
+      // Let in-flight calls finish; past half the deadline, stop starting new ones and hand the rest back.
+      const giveUp = setTimeout(() => ctx.stopWork(), config.shutdownTimeoutMs / 2);
+      try { await ctx.broker.drain(); } finally { clearTimeout(giveUp); }
+    });
+  }
+
+  const server = http.createServer(createApp(ctx, { opsOnly: !runApi }));
+  server.keepAliveTimeout = 5000;
+  server.requestTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
+  });
+  releasers.add('http server', () => new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  }));
+  const port = (server.address() as AddressInfo).port;
+  logger.info('http listening', { port, role: config.role, instanceId: config.instanceId });
+  return { ctx, port, stop: () => ctx.release() };
+}
+
+class StartupError extends Error {}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`configuration error: ${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+  const logger = createLogger({ level: config.logLevel });
+  if (config.role !== 'worker' && config.callbackAuth === 'none') {
+    logger.warn('CALLBACK_AUTH=none: the callback endpoint accepts requests from anyone. Never run like this in production.');
+  }
+  const ctx = createContext(config, { logger });
+  const shutdown = (signal: string) => {
+    logger.info('shutting down', { signal });
+    // The deadline is a promise to the orchestrator: exit even if a releaser hangs.
+    setTimeout(() => process.exit(1), config.shutdownTimeoutMs + 2000).unref();
+    void ctx.release().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.on('unhandledRejection', (err) => logger.error('unhandled rejection', { err }));
+  try {
+    await startService(config, ctx);
+  } catch (err) {
+    logger.error(err instanceof StartupError ? err.message : `startup failed: ${(err as Error).message}`);
+    await ctx.release();
+    process.exit(1);
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

@@ -1,0 +1,61 @@
+/**
+ * Validation of the vendor's callback body. Pure: no I/O, so every bad-input case is a unit test.
+ */
+import { ValidationError } from '../lib/errors.js';
+import type { IncomingItem } from '../store/ledger.js';
+
+export const MESSAGE_ID = /^[A-Za-z0-9_-]{1,128}$/;
+export const SUPPORTED_REQ_TYPES = new Set(['SELF_DOMAIN_DELETE']);
+
+export interface CallbackInput { messageId: string; items: IncomingItem[] }
+
+/** A ValidationError that still knows the messageId, so the error reply can echo it to the vendor. */
+export class CallbackRejectedError extends ValidationError {
+  constructor(message: string, readonly messageId: string | null, status = 400) { super(message, status); }
+}
+
+const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+
+/** Lower-cased hostname without a trailing dot, or null when it is not a valid DNS name (a leading "*." is allowed). */
+export function normalizeHostname(raw: unknown): string | null {
+  if (typeof raw !== 'string') return null;
+  let h = raw.trim().toLowerCase();
+  if (h.endsWith('.')) h = h.slice(0, -1);
+  if (h.length === 0 || h.length > 253) return null;
+  const labels = h.split('.');
+  if (labels.length < 2) return null;
+  const [first, ...rest] = labels;
+  if (first !== '*' && !LABEL.test(first!)) return null;
+  if (!rest.every((l) => LABEL.test(l))) return null;
+  if (/^\d+$/.test(labels[labels.length - 1]!)) return null; // an IP address is not a domain
+  return h;
+}
+
+/** Checks the body and returns the batch to store; domains repeated in one callback count once. */
+export function parseCallback(body: unknown, maxItems: number): CallbackInput {
+  if (!body || typeof body !== 'object' || Array.isArray(body)) throw new CallbackRejectedError('body must be a JSON object', null);
+  const b = body as Record<string, unknown>;
+  const rawId = b.messageId;
+  if (rawId === undefined || rawId === null || rawId === '') throw new CallbackRejectedError('messageId is missing', null);
+  if (typeof rawId !== 'string' || !MESSAGE_ID.test(rawId)) {
+    throw new CallbackRejectedError('messageId must be 1 to 128 characters of A-Z, a-z, 0-9, _ or -', null);
+  }
+  const messageId = rawId;
+  const reject = (msg: string) => new CallbackRejectedError(msg, messageId);
+  if (!Array.isArray(b.data)) throw reject('data must be an array of domain items');
+  if (b.data.length === 0) throw reject('data is empty');
+  if (b.data.length > maxItems) throw reject(`data holds ${b.data.length} items; at most ${maxItems} are accepted per callback`);
+
+  const items = new Map<string, IncomingItem>();
+  b.data.forEach((raw, i) => {
+    if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw reject(`data[${i}] must be an object`);
+    const item = raw as Record<string, unknown>;
+    const domain = normalizeHostname(item.targetName);
+    if (!domain) throw reject(`data[${i}].targetName ${JSON.stringify(String(item.targetName ?? '')).slice(0, 80)} is not a valid hostname`);
+    if (typeof item.reqType !== 'string' || item.reqType.length === 0 || item.reqType.length > 64) {
+      throw reject(`data[${i}].reqType must be a non-empty string`);
+    }
+    if (!items.has(domain)) items.set(domain, { domain, reqType: item.reqType, supported: SUPPORTED_REQ_TYPES.has(item.reqType) });
+  });
+  return { messageId, items: [...items.values()] };
+}

@@ -1,0 +1,208 @@
+/**
+ * Processing one job = one batch: claim its open domains, delete them at the security platform with the
+ * shared token, record every outcome, alarm on failures, and tell the broker what to do with the job.
+ */
+import type { ConsumeMessage } from 'amqplib';
+import type { LimitFunction } from 'p-limit';
+import {
+  DependencyUnavailableError, SecplatRejectedError, TokenRejectedError, UnrecoverableJobError, toAppError,
+} from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import type { Metrics } from '../lib/metrics.js';
+import type { Disposition, Job } from '../messaging/broker.js';
+import type { SecplatApi } from '../secplat/client.js';
+import type { TokenManager } from '../token/token-manager.js';
+import type { Db } from '../store/db.js';
+import { raiseAlarm } from '../store/alarms.js';
+import { lookupDomains } from '../store/inventory.js';
+import {
+  claimDomains, countByStatus, getBatch, setUserIds, settleDomains, settleSucceeded,
+  type DomainStatus, type StatusCounts,
+} from '../store/ledger.js';
+import { MESSAGE_ID } from './callback-input.js';
+
+export interface ProcessDeps {
+  db: Db;
+  tokens: Pick<TokenManager, 'withToken'>;
+  secplat: Pick<SecplatApi, 'deleteUsers'>;
+  /** Caps security-platform calls in flight in this process, across all jobs. */
+  secplatLimit: LimitFunction;
+  logger: Logger;
+  metrics: Metrics;
+  config: { instanceId: string; domainLeaseMs: number; secplatBatchSize: number; retryTiersMs: readonly number[]; amqpDeliveryLimit: number };
+  /** Aborted at shutdown: no new calls start, unsent domains go back to pending. */
+  signal: AbortSignal;
+}
+
+export interface BatchRunResult { claimed: number; counts: StatusCounts; interrupted: boolean }
+
+/** Parses a delivery; anything else is a poison message. */
+export function parseJob(content: Buffer): Job {
+  let body: unknown;
+  try {
+    body = JSON.parse(content.toString('utf8'));
+  } catch (err) {
+    throw new UnrecoverableJobError('job body is not JSON', err);
+  }
+  const b = body as Partial<Job> | null;
+  if (!b || typeof b.messageId !== 'string' || !MESSAGE_ID.test(b.messageId)) throw new UnrecoverableJobError('job has no valid messageId');
+  const attempt = b.attempt ?? 0;
+  if (!Number.isInteger(attempt) || attempt < 0) throw new UnrecoverableJobError('job has an invalid attempt');
+  return { messageId: b.messageId, attempt };
+}
+
+/** The broker-facing handler: decides ack / retry tier / park for each delivery. */
+export function createJobHandler(deps: ProcessDeps): (msg: ConsumeMessage) => Promise<Disposition> {
+  return async (msg) => {
+    let job: Job;
+    try {
+      job = parseJob(msg.content);
+    } catch (err) {
+      return park(deps, null, `poison message: ${(err as Error).message}`, { body: msg.content.toString('utf8').slice(0, 500) });
+    }
+    const log = deps.logger.child({ messageId: job.messageId, attempt: job.attempt });
+    // Quorum queues count redeliveries; on the last one the broker would park it silently, so we park it
+    // ourselves with an alarm (a worker crashing on this job again and again ends here).
+    const deliveries = Number(msg.properties.headers?.['x-delivery-count'] ?? 0);
+    if (deliveries >= deps.config.amqpDeliveryLimit) {
+      return park(deps, job.messageId, `delivered ${deliveries + 1} times without finishing`, {});
+    }
+    try {
+      const run = await processBatch(deps, job.messageId, log);
+      if (run.interrupted) return { action: 'requeue' };
+      const open = run.counts.retryable + run.counts.pending;
+      if (open === 0) return { action: 'ack' };
+      return retryOrPark(deps, job, log, `${open} domain(s) still retryable`);
+    } catch (err) {
+      const e = toAppError(err);
+      if (!e.retryable) return park(deps, job.messageId, e.message, { code: e.code });
+      log.warn('job failed, will retry', { err: e.message, code: e.code });
+      return retryOrPark(deps, job, log, e.message);
+    }
+  };
+}
+
+async function retryOrPark(deps: ProcessDeps, job: Job, log: Logger, reason: string): Promise<Disposition> {
+  if (job.attempt < deps.config.retryTiersMs.length) {
+    deps.metrics.retries.inc({ tier: String(job.attempt) });
+    log.info('job scheduled for retry', { delayMs: deps.config.retryTiersMs[job.attempt], reason });
+    return { action: 'retry', tier: job.attempt, job: { messageId: job.messageId, attempt: job.attempt + 1 } };
+  }
+  // Out of retry tiers: what is still open becomes failed, visibly, and can be replayed.
+  await settleOpenAsFailed(deps, job.messageId, `retries exhausted: ${reason}`).catch((err: Error) =>
+    log.error('could not mark exhausted domains failed', { err: err.message }));
+  return park(deps, job.messageId, `retries exhausted after ${job.attempt} retries: ${reason}`, {});
+}
+
+async function park(deps: ProcessDeps, messageId: string | null, reason: string, details: Record<string, unknown>): Promise<Disposition> {
+  deps.metrics.parked.inc();
+  deps.logger.error('job parked', { messageId, reason });
+  await raiseAlarm(deps.db, { messageId, type: 'JOB_PARKED', content: `job parked: ${reason}`, details })
+    .catch((err: Error) => deps.logger.error('could not write parked-job alarm', { messageId, err: err.message }));
+  return { action: 'park', reason };
+}
+
+async function settleOpenAsFailed(deps: ProcessDeps, messageId: string, reason: string): Promise<void> {
+  await deps.db.query(
+    `UPDATE batch_domain SET status = 'failed', detail = $2 || coalesce(' (last error: ' || detail || ')', ''),
+            finished_at = now(), updated_at = now()
+     WHERE message_id = $1 AND status IN ('pending', 'retryable')`,
+    [messageId, reason],
+  );
+}
+
+/** Runs one pass over a batch's open domains. Safe to run again at any time: finished domains are skipped. */
+export async function processBatch(deps: ProcessDeps, messageId: string, log: Logger): Promise<BatchRunResult> {
+  const { db, config } = deps;
+  if (!(await getBatch(db, messageId))) throw new UnrecoverableJobError(`no batch ${messageId} in the ledger`);
+  const claimed = await claimDomains(db, messageId, config.instanceId, config.domainLeaseMs);
+  const outcome = new Outcomes(deps, messageId, log);
+  if (claimed.length > 0) {
+    log.info('batch claimed', { domains: claimed.length });
+    const inventory = await lookupDomains(db, claimed.map((d) => d.domain));
+    const toSend: { domain: string; userIdCdn: string }[] = [];
+    for (const d of claimed) {
+      const inv = inventory.get(d.domain);
+      if (!inv) await outcome.settle([d.domain], 'unknown_domain', 'not in the domain inventory (cdn_domain)');
+      else if (inv.status === 'deleted') await outcome.succeeded([d.domain], `already deleted by ${inv.deletedByMessageId ?? 'an earlier run'}`);
+      else toSend.push({ domain: d.domain, userIdCdn: inv.userIdCdn });
+    }
+    await setUserIds(db, messageId, toSend);
+    const chunks: (typeof toSend)[] = [];
+    for (let i = 0; i < toSend.length; i += config.secplatBatchSize) chunks.push(toSend.slice(i, i + config.secplatBatchSize));
+    await Promise.all(chunks.map((chunk) => deps.secplatLimit(() => sendChunk(deps, outcome, chunk))));
+  }
+  const counts = (await countByStatus(db, [messageId])).get(messageId)!;
+  await outcome.alarmIfFailed(counts);
+  log.info('batch pass finished', { counts });
+  return { claimed: claimed.length, counts, interrupted: outcome.interrupted };
+}
+
+async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: string; userIdCdn: string }[]): Promise<void> {
+  const domains = chunk.map((c) => c.domain);
+  if (deps.signal.aborted) {
+    outcome.interrupted = true;
+    await outcome.settle(domains, 'pending', null);
+    return;
+  }
+  const byId = new Map(chunk.map((c) => [c.userIdCdn, c.domain]));
+  try {
+    const res = await deps.tokens.withToken((token, generation) => deps.secplat.deleteUsers(token, generation, chunk.map((c) => c.userIdCdn)));
+    deps.metrics.secplatCalls.inc({ result: 'ok' });
+    await outcome.succeeded(res.succeeded.map((id) => byId.get(id)!));
+    for (const f of res.failed) await outcome.settle([byId.get(f.userIdCdn)!], 'failed', `security platform: ${f.reason}`);
+  } catch (err) {
+    const e = toAppError(err);
+    deps.metrics.secplatCalls.inc({ result: e.code });
+    // PostgreSQL failed mid-way: leave the claims to expire and let the whole job be retried.
+    if (e instanceof DependencyUnavailableError) throw e;
+    if (e instanceof SecplatRejectedError) return outcome.settle(domains, 'failed', e.message);
+    if (e instanceof TokenRejectedError) outcome.tokenRejected = true;
+    await outcome.settle(domains, 'retryable', e.message);
+  }
+}
+
+/** Records outcomes for one batch pass, logs one line per domain and remembers what needs an alarm. */
+class Outcomes {
+  interrupted = false;
+  tokenRejected = false;
+  private readonly failures: { domain: string; status: DomainStatus; detail: string }[] = [];
+
+  constructor(private readonly deps: ProcessDeps, private readonly messageId: string, private readonly log: Logger) {}
+
+  async succeeded(domains: string[], detail: string | null = null): Promise<void> {
+    if (domains.length === 0) return;
+    await settleSucceeded(this.deps.db, this.messageId, this.deps.config.instanceId, domains, detail);
+    this.deps.metrics.outcomes.inc({ status: 'succeeded' }, domains.length);
+    for (const domain of domains) this.log.info('domain deleted', { domain, ...(detail ? { detail } : {}) });
+  }
+
+  async settle(domains: string[], status: Exclude<DomainStatus, 'in_progress' | 'succeeded'>, detail: string | null): Promise<void> {
+    await settleDomains(this.deps.db, this.messageId, this.deps.config.instanceId, domains, status, detail);
+    this.deps.metrics.outcomes.inc({ status }, domains.length);
+    const level = status === 'pending' ? 'info' : 'warn';
+    for (const domain of domains) {
+      this.log.log(level, `domain ${status}`, { domain, detail });
+      if (status === 'failed' || status === 'unknown_domain') this.failures.push({ domain, status, detail: detail ?? '' });
+    }
+  }
+
+  /** One alarm row per pass that ended with failures, listing which domains and why. */
+  async alarmIfFailed(counts: StatusCounts): Promise<void> {
+    if (this.tokenRejected) {
+      await raiseAlarm(this.deps.db, {
+        messageId: this.messageId, type: 'TOKEN_REJECTED',
+        content: 'security platform kept rejecting freshly fetched tokens (401); domains left retryable',
+      });
+    }
+    if (this.failures.length === 0) return;
+    const total = Object.values(counts).reduce((a, b) => a + b, 0);
+    const list = this.failures.slice(0, 50).map((f) => `${f.domain} (${f.status}: ${f.detail})`).join('; ');
+    await raiseAlarm(this.deps.db, {
+      messageId: this.messageId,
+      type: 'BATCH_FAILURES',
+      content: `${this.failures.length} of ${total} domains failed in this run: ${list}${this.failures.length > 50 ? '; …' : ''}`,
+      details: { counts, failures: this.failures },
+    });
+  }
+}

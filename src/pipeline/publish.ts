@@ -1,0 +1,86 @@
+/**
+ * Getting a batch's job onto the queue, and the relay that guarantees it gets there eventually.
+ */
+import type { Logger } from '../lib/logger.js';
+import type { Metrics } from '../lib/metrics.js';
+import type { Job } from '../messaging/broker.js';
+import type { Db } from '../store/db.js';
+import { findStalled, findUnpublished, markPublished, markPublishFailed, markRelayed } from '../store/ledger.js';
+
+export interface JobPublisher { publishJob(job: Job): Promise<void> }
+
+interface PublishDeps { db: Db; broker: JobPublisher; logger: Logger; metrics: Metrics }
+
+/**
+ * Publishes a batch's job and clears its publish flag once the broker confirmed. A failure is logged and
+ * left to the relay: the batch is already in the ledger, so the caller may still answer OK.
+ */
+export async function publishBatchJob(deps: PublishDeps, messageId: string, updatedAt: Date): Promise<boolean> {
+  try {
+    await deps.broker.publishJob({ messageId, attempt: 0 });
+  } catch (err) {
+    deps.metrics.publishFailures.inc();
+    deps.logger.warn('job not published; the relay will publish it', { messageId, err: (err as Error).message });
+    await markPublishFailed(deps.db, messageId, (err as Error).message).catch(() => undefined);
+    return false;
+  }
+  await markPublished(deps.db, messageId, updatedAt).catch((err: Error) =>
+    deps.logger.warn('job published but flag not cleared; it may be published again (harmless)', { messageId, err: err.message }));
+  return true;
+}
+
+export interface RelayOptions { intervalMs: number; retryTiersMs: readonly number[] }
+
+/**
+ * Every interval: publishes batches whose job the broker never confirmed, and re-publishes batches whose
+ * open domains nobody has touched for longer than the longest retry delay (a lost or parked job, a dead
+ * worker). Jobs are idempotent, so publishing one twice costs a no-op, never a double delete.
+ */
+export function startRelay(deps: PublishDeps, opts: RelayOptions): { stop(): Promise<void>; runOnce(): Promise<number> } {
+  // Give the request that stored a batch the first chance to publish it.
+  const unpublishedAfterMs = Math.min(opts.intervalMs, 2000);
+  const stalledAfterMs = Math.max(...opts.retryTiersMs) + 60_000;
+  let running: Promise<number> | undefined;
+  let stopped = false;
+
+  const runOnce = async (): Promise<number> => {
+    let published = 0;
+    for (const b of await findUnpublished(deps.db, unpublishedAfterMs, 200)) {
+      if (await publishBatchJob(deps, b.messageId, b.updatedAt)) published++;
+      else break; // broker down: try again next interval
+    }
+    for (const b of await findStalled(deps.db, stalledAfterMs, 100)) {
+      try {
+        await deps.broker.publishJob({ messageId: b.messageId, attempt: 0 });
+        await markRelayed(deps.db, b.messageId);
+        deps.logger.warn('stalled batch re-published', { messageId: b.messageId });
+        published++;
+      } catch {
+        break;
+      }
+    }
+    return published;
+  };
+
+  const tick = async () => {
+    if (stopped || running) return;
+    running = runOnce();
+    try {
+      await running;
+    } catch (err) {
+      deps.logger.warn('relay pass failed; will try again', { err: (err as Error).message });
+    } finally {
+      running = undefined;
+    }
+  };
+  const timer = setInterval(() => void tick(), opts.intervalMs);
+  timer.unref();
+  return {
+    runOnce,
+    async stop() {
+      stopped = true;
+      clearInterval(timer);
+      await running?.catch(() => undefined);
+    },
+  };
+}

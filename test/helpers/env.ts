@@ -1,0 +1,178 @@
+/**
+ * Test helpers: isolated names per test (AMQP prefix, Redis key prefix), a config built from them,
+ * real service processes, and waiting for real effects.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import amqp from 'amqplib';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { loadConfig, type Config } from '../../src/config.js';
+import { createLogger, type Logger } from '../../src/lib/logger.js';
+import { topologyNames } from '../../src/messaging/topology.js';
+
+export const RABBITMQ_URL = process.env.RABBITMQ_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+export const CALLBACK_TOKEN = 'test-callback-token';
+export const SECPLAT_PASSWORD = 'test-secplat-password';
+
+export const rand = (n = 4) => randomBytes(n).toString('hex');
+export const messageId = () => `pm${randomBytes(16).toString('hex')}`;
+
+/** Environment for one test: unique names, fast retry tiers, the simulator's URL. */
+export function testEnv(overrides: Record<string, string> = {}): Record<string, string> {
+  const id = `t${rand()}`;
+  return {
+    DATABASE_URL: process.env.DATABASE_URL!,
+    RABBITMQ_URL,
+    REDIS_URL,
+    AMQP_PREFIX: id,
+    REDIS_KEY_PREFIX: id,
+    CALLBACK_TOKEN,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'info',
+    RETRY_TIERS_MS: '300,600,1000',
+    RELAY_INTERVAL_MS: '300',
+    SECPLAT_PASSWORD,
+    SECPLAT_TIMEOUT_MS: '3000',
+    TOKEN_LOCK_TTL_MS: '5000',
+    TOKEN_MIN_FETCH_INTERVAL_MS: '200',
+    TOKEN_REFRESH_BEFORE_MS: '1000',
+    SHUTDOWN_TIMEOUT_MS: '5000',
+    ...overrides,
+  };
+}
+
+export function testConfig(env: Record<string, string>): Config {
+  return loadConfig({}, env);
+}
+
+/** A logger whose JSON lines are kept in memory (and can be searched for secrets). */
+export function captureLogger(level = 'debug'): { logger: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const stream = new Writable({ write(chunk, _enc, cb) { lines.push(String(chunk)); cb(); } });
+  return { logger: createLogger({ level, stream }), lines };
+}
+
+/** Deletes every queue, exchange and Redis key a test's prefix created. */
+export async function cleanupNames(env: Record<string, string>): Promise<void> {
+  const t = topologyNames(env.AMQP_PREFIX!, (env.RETRY_TIERS_MS ?? '').split(',').map(Number));
+  const conn = await amqp.connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    ch.on('error', () => undefined);
+    for (const q of [t.jobsQueue, t.parkedQueue, ...t.retryQueues.map((r) => r.name)]) await ch.deleteQueue(q);
+    for (const e of [t.jobsExchange, t.retryExchange, t.parkedExchange]) await ch.deleteExchange(e);
+  } finally {
+    await conn.close();
+  }
+  const redis = new Redis(REDIS_URL);
+  try {
+    const keys = await redis.keys(`${env.REDIS_KEY_PREFIX}:*`);
+    if (keys.length) await redis.del(...keys);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** Messages waiting in a queue of this test's topology. */
+export async function queueDepth(env: Record<string, string>, which: 'jobs' | 'parked'): Promise<number> {
+  const t = topologyNames(env.AMQP_PREFIX!, [1]);
+  const conn = await amqp.connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    return (await ch.checkQueue(which === 'jobs' ? t.jobsQueue : t.parkedQueue)).messageCount;
+  } finally {
+    await conn.close();
+  }
+}
+
+export function testDb(): pg.Pool {
+  return new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 });
+}
+
+export async function seedInventory(db: pg.Pool, domains: string[], idOf = (d: string) => `uid-${d}`): Promise<void> {
+  await db.query(
+    `INSERT INTO cdn_domain (domain, user_id_cdn) SELECT d, u FROM unnest($1::text[], $2::text[]) AS x(d, u)
+     ON CONFLICT (domain) DO UPDATE SET user_id_cdn = EXCLUDED.user_id_cdn, status = 'active'`,
+    [domains, domains.map(idOf)],
+  );
+}
+
+export function domainsFor(prefix: string, n: number): string[] {
+  return Array.from({ length: n }, (_, i) => `d${i}.${prefix}.example.com`);
+}
+
+export function callbackBody(id: string, domains: string[], reqType = 'SELF_DOMAIN_DELETE') {
+  return { data: domains.map((targetName) => ({ percent: 1.0, process: false, reqType, targetName })), messageId: id };
+}
+
+export async function postCallback(baseUrl: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(`${baseUrl}/api/pm/pipe/callback`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-callback-token': CALLBACK_TOKEN, ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+}
+
+export async function statusCounts(db: pg.Pool, id: string): Promise<Record<string, number>> {
+  const { rows } = await db.query<{ status: string; n: number }>(
+    'SELECT status, count(*)::int AS n FROM batch_domain WHERE message_id = $1 GROUP BY status', [id]);
+  return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+}
+
+export interface ServiceProcess { proc: ChildProcess; port: number; url: string; logs: string[]; stop(signal?: NodeJS.Signals): Promise<number | null> }
+
+/** Runs `src/main.ts` as a real process and waits until it serves HTTP. */
+export async function spawnService(env: Record<string, string>): Promise<ServiceProcess> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: new URL('../../', import.meta.url).pathname,
+    env: { PATH: process.env.PATH, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: string[] = [];
+  let buf = '';
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const port = await new Promise<number>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      buf += chunk.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        logs.push(line);
+        if (line.includes('"http listening"')) resolve((JSON.parse(line) as { port: number }).port);
+      }
+    };
+    proc.stdout!.on('data', onData);
+    proc.stderr!.on('data', (c: Buffer) => logs.push(c.toString()));
+    void exited.then((code) => reject(new Error(`service exited with ${code} before listening:\n${logs.join('\n')}`)));
+    setTimeout(() => reject(new Error(`service did not start in 30 s:\n${logs.join('\n')}`)), 30_000).unref();
+  });
+  return {
+    proc, port, url: `http://127.0.0.1:${port}`, logs,
+    async stop(signal = 'SIGTERM') {
+      if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
+      proc.kill(signal);
+      return exited;
+    },
+  };
+}
