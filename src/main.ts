@@ -28,7 +28,7 @@ export async function startService(config: Config, ctx: AppContext = createConte
     logger.warn(`Redis is not reachable at ${redactUrl(config.redisUrl)} (${err.message}); no token can be fetched until it is. Start it with: redis-server --daemonize yes`));
 
   await ctx.broker.start(runWorker ? createJobHandler({ ...ctx, config, signal: ctx.shutdownSignal }) : undefined);
-  await ctx.broker.waitUntilConnected(10_000).catch(() =>
+  await ctx.broker.waitUntilConnected(3000).catch(() =>
     logger.warn(`RabbitMQ is not reachable at ${redactUrl(config.rabbitmqUrl)}; callbacks are still stored and will be published once it is. Start it with: rabbitmq-server -detached`));
 
   const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs });
@@ -95,4 +95,9 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`fatal: ${(err as Error).message}\n`);
+    process.exit(1);
+  });
+}

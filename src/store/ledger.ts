@@ -81,7 +81,7 @@ export async function markRelayed(db: Queryable, messageId: string): Promise<voi
 export async function markPublished(db: Queryable, messageId: string, since: Date): Promise<void> {
   await db.query(
     `UPDATE batch SET publish_pending = false, published_at = now(), publish_error = NULL
-     WHERE message_id = $1 AND updated_at <= $2`,
+     WHERE message_id = $1 AND date_trunc('milliseconds', updated_at) <= $2`, // JS dates hold milliseconds only
     [messageId, since],
   );
 }

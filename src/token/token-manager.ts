@@ -34,11 +34,16 @@ export interface TokenManagerDeps {
 }
 
 // Writes the new token only if the generation is still the one the refresher read under its lock.
-const CAS_SCRIPT = `
+const STORE_IF_GENERATION = `
 local cur = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if cur ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'expiresAt', ARGV[3], 'generation', cur + 1)
 return cur + 1`;
+
+/** Compare-and-set of the shared token: returns the new generation, or -1 if `expected` is no longer current. */
+export async function storeTokenIfGeneration(redis: Redis, key: string, expected: number, token: string, expiresAt: number): Promise<number> {
+  return Number(await redis.eval(STORE_IF_GENERATION, 1, key, String(expected), token, String(expiresAt)));
+}
 
 export class TokenManager {
   private readonly keys: { token: string; lock: string; lastFetch: string; circuit: string };
@@ -148,7 +153,7 @@ export class TokenManager {
     }
     metrics?.tokenFetches.inc({ result: 'ok' });
     const expiresAt = Date.now() + fetched.expiresInSec * 1000;
-    const written = Number(await this.redis(() => redis.eval(CAS_SCRIPT, 1, this.keys.token, String(generation), fetched.accessToken, String(expiresAt))));
+    const written = await this.redis(() => storeTokenIfGeneration(redis, this.keys.token, generation, fetched.accessToken, expiresAt));
     if (written === -1) {
       // Our lock expired and a newer refresher won: its token is the valid one (ours was killed by it, or kills it
       // — either way the stored one is what every worker will use next, and a 401 will converge).
