@@ -29,7 +29,7 @@ export interface ProcessDeps {
   secplatLimit: LimitFunction;
   logger: Logger;
   metrics: Metrics;
-  config: { instanceId: string; domainLeaseMs: number; secplatBatchSize: number; retryTiersMs: readonly number[]; amqpDeliveryLimit: number };
+  config: { instanceId: string; domainLeaseMs: number; secplatBatchSize: number; secplatConcurrency: number; retryTiersMs: readonly number[]; amqpDeliveryLimit: number };
   /** Aborted at shutdown: no new calls start, unsent domains go back to pending. */
   signal: AbortSignal;
 }
@@ -69,10 +69,11 @@ export function createJobHandler(deps: ProcessDeps): (msg: ConsumeMessage) => Pr
     }
     try {
       const run = await processBatch(deps, job.messageId, log);
-      if (run.interrupted) return { action: 'requeue' };
-      const open = run.counts.retryable + run.counts.pending;
+      const open = run.counts.retryable + run.counts.pending + run.counts.in_progress;
+      // Shutting down: what is left goes back to the queue for another worker.
+      if (run.interrupted && open > 0) return { action: 'requeue' };
       if (open === 0) return { action: 'ack' };
-      return retryOrPark(deps, job, log, `${open} domain(s) still retryable`);
+      return retryOrPark(deps, job, log, `${open} domain(s) still open`);
     } catch (err) {
       const e = toAppError(err);
       if (!e.retryable) return park(deps, job.messageId, e.message, { code: e.code });
@@ -89,8 +90,13 @@ async function retryOrPark(deps: ProcessDeps, job: Job, log: Logger, reason: str
     return { action: 'retry', tier: job.attempt, job: { messageId: job.messageId, attempt: job.attempt + 1 } };
   }
   // Out of retry tiers: what is still open becomes failed, visibly, and can be replayed.
-  await settleOpenAsFailed(deps, job.messageId, `retries exhausted: ${reason}`).catch((err: Error) =>
-    log.error('could not mark exhausted domains failed', { err: err.message }));
+  try {
+    await settleOpenAsFailed(deps, job.messageId, `retries exhausted: ${reason}`);
+    const counts = (await countByStatus(deps.db, [job.messageId])).get(job.messageId)!;
+    await alarmBatchFailures(deps.db, job.messageId, counts, 'retries exhausted, job parked');
+  } catch (err) {
+    log.error('could not mark exhausted domains failed', { err: (err as Error).message });
+  }
   return park(deps, job.messageId, `retries exhausted after ${job.attempt} retries: ${reason}`, {});
 }
 
@@ -111,40 +117,78 @@ async function settleOpenAsFailed(deps: ProcessDeps, messageId: string, reason: 
   );
 }
 
-/** Runs one pass over a batch's open domains. Safe to run again at any time: finished domains are skipped. */
+/**
+ * One alarm row when a batch ends with failures: which domains failed and why, read from the ledger so
+ * it covers every pass, not just the last one.
+ */
+async function alarmBatchFailures(db: Db, messageId: string, counts: StatusCounts, why: string): Promise<void> {
+  const { rows } = await db.query<{ domain: string; status: DomainStatus; detail: string | null }>(
+    `SELECT domain, status, detail FROM batch_domain WHERE message_id = $1 AND status IN ('failed', 'unknown_domain')
+     ORDER BY domain`, [messageId]);
+  if (rows.length === 0) return;
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  const list = rows.slice(0, 50).map((f) => `${f.domain} (${f.status}: ${f.detail ?? ''})`).join('; ');
+  await raiseAlarm(db, {
+    messageId,
+    type: 'BATCH_FAILURES',
+    content: `${why}: ${rows.length} of ${total} domains failed: ${list}${rows.length > 50 ? '; …' : ''}`,
+    details: { counts, failures: rows },
+  });
+}
+
+/**
+ * Runs one pass over a batch's open domains. Safe to run again at any time, and by two workers at once:
+ * finished domains are skipped and each domain is claimed just before its call, a chunk at a time.
+ */
 export async function processBatch(deps: ProcessDeps, messageId: string, log: Logger): Promise<BatchRunResult> {
   const { db, config } = deps;
   if (!(await getBatch(db, messageId))) throw new UnrecoverableJobError(`no batch ${messageId} in the ledger`);
-  const claimed = await claimDomains(db, messageId, config.instanceId, config.domainLeaseMs);
   const outcome = new Outcomes(deps, messageId, log);
-  if (claimed.length > 0) {
-    log.info('batch claimed', { domains: claimed.length });
-    const inventory = await lookupDomains(db, claimed.map((d) => d.domain));
-    const toSend: { domain: string; userIdCdn: string }[] = [];
-    for (const d of claimed) {
-      const inv = inventory.get(d.domain);
-      if (!inv) await outcome.settle([d.domain], 'unknown_domain', 'not in the domain inventory (cdn_domain)');
-      else if (inv.status === 'deleted') await outcome.succeeded([d.domain], `already deleted by ${inv.deletedByMessageId ?? 'an earlier run'}`);
-      else toSend.push({ domain: d.domain, userIdCdn: inv.userIdCdn });
+  const tried: string[] = [];
+  let claimedTotal = 0;
+  // One loop per call slot; the process-wide limiter decides how many actually run at once across jobs.
+  const loop = async (): Promise<void> => {
+    while (!deps.signal.aborted) {
+      const more = await deps.secplatLimit(async () => {
+        if (deps.signal.aborted) return false;
+        const claimed = await claimDomains(db, messageId, {
+          workerId: config.instanceId, leaseMs: config.domainLeaseMs, limit: config.secplatBatchSize, exclude: tried,
+        });
+        if (claimed.length === 0) return false;
+        claimedTotal += claimed.length;
+        tried.push(...claimed.map((d) => d.domain));
+        await processChunk(deps, outcome, claimed.map((d) => d.domain));
+        return true;
+      });
+      if (!more) return;
     }
-    await setUserIds(db, messageId, toSend);
-    const chunks: (typeof toSend)[] = [];
-    for (let i = 0; i < toSend.length; i += config.secplatBatchSize) chunks.push(toSend.slice(i, i + config.secplatBatchSize));
-    await Promise.all(chunks.map((chunk) => deps.secplatLimit(() => sendChunk(deps, outcome, chunk))));
-  }
+  };
+  await Promise.all(Array.from({ length: config.secplatConcurrency }, loop));
   const counts = (await countByStatus(db, [messageId])).get(messageId)!;
-  await outcome.alarmIfFailed(counts);
-  log.info('batch pass finished', { counts });
-  return { claimed: claimed.length, counts, interrupted: outcome.interrupted };
+  await outcome.alarmIfTokenRejected();
+  const finished = counts.pending + counts.retryable + counts.in_progress === 0;
+  if (claimedTotal > 0 && finished) await alarmBatchFailures(db, messageId, counts, 'batch finished');
+  log.info('batch pass finished', { claimed: claimedTotal, counts });
+  return { claimed: claimedTotal, counts, interrupted: deps.signal.aborted };
+}
+
+/** Resolves the claimed domains against the inventory and deletes the known ones in one call. */
+async function processChunk(deps: ProcessDeps, outcome: Outcomes, domains: string[]): Promise<void> {
+  const inventory = await lookupDomains(deps.db, domains);
+  const toSend: { domain: string; userIdCdn: string }[] = [];
+  for (const domain of domains) {
+    const inv = inventory.get(domain);
+    if (!inv) await outcome.settle([domain], 'unknown_domain', 'not in the domain inventory (cdn_domain)');
+    else if (inv.status === 'deleted') await outcome.succeeded([domain], `already deleted by ${inv.deletedByMessageId ?? 'an earlier run'}`);
+    else toSend.push({ domain, userIdCdn: inv.userIdCdn });
+  }
+  if (toSend.length === 0) return;
+  await setUserIds(deps.db, outcome.messageId, toSend);
+  await sendChunk(deps, outcome, toSend);
 }
 
 async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: string; userIdCdn: string }[]): Promise<void> {
   const domains = chunk.map((c) => c.domain);
-  if (deps.signal.aborted) {
-    outcome.interrupted = true;
-    await outcome.settle(domains, 'pending', null);
-    return;
-  }
   const byId = new Map(chunk.map((c) => [c.userIdCdn, c.domain]));
   try {
     const res = await deps.tokens.withToken((token, generation) => deps.secplat.deleteUsers(token, generation, chunk.map((c) => c.userIdCdn)));
@@ -164,11 +208,9 @@ async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: 
 
 /** Records outcomes for one batch pass, logs one line per domain and remembers what needs an alarm. */
 class Outcomes {
-  interrupted = false;
   tokenRejected = false;
-  private readonly failures: { domain: string; status: DomainStatus; detail: string }[] = [];
 
-  constructor(private readonly deps: ProcessDeps, private readonly messageId: string, private readonly log: Logger) {}
+  constructor(private readonly deps: ProcessDeps, readonly messageId: string, private readonly log: Logger) {}
 
   async succeeded(domains: string[], detail: string | null = null): Promise<void> {
     if (domains.length === 0) return;
@@ -181,28 +223,15 @@ class Outcomes {
     await settleDomains(this.deps.db, this.messageId, this.deps.config.instanceId, domains, status, detail);
     this.deps.metrics.outcomes.inc({ status }, domains.length);
     const level = status === 'pending' ? 'info' : 'warn';
-    for (const domain of domains) {
-      this.log.log(level, `domain ${status}`, { domain, detail });
-      if (status === 'failed' || status === 'unknown_domain') this.failures.push({ domain, status, detail: detail ?? '' });
-    }
+    for (const domain of domains) this.log.log(level, `domain ${status}`, { domain, detail });
   }
 
-  /** One alarm row per pass that ended with failures, listing which domains and why. */
-  async alarmIfFailed(counts: StatusCounts): Promise<void> {
-    if (this.tokenRejected) {
-      await raiseAlarm(this.deps.db, {
-        messageId: this.messageId, type: 'TOKEN_REJECTED',
-        content: 'security platform kept rejecting freshly fetched tokens (401); domains left retryable',
-      });
-    }
-    if (this.failures.length === 0) return;
-    const total = Object.values(counts).reduce((a, b) => a + b, 0);
-    const list = this.failures.slice(0, 50).map((f) => `${f.domain} (${f.status}: ${f.detail})`).join('; ');
+  /** Alarm for a run that kept getting 401s even with fresh tokens (the domains stay retryable). */
+  async alarmIfTokenRejected(): Promise<void> {
+    if (!this.tokenRejected) return;
     await raiseAlarm(this.deps.db, {
-      messageId: this.messageId,
-      type: 'BATCH_FAILURES',
-      content: `${this.failures.length} of ${total} domains failed in this run: ${list}${this.failures.length > 50 ? '; …' : ''}`,
-      details: { counts, failures: this.failures },
+      messageId: this.messageId, type: 'TOKEN_REJECTED',
+      content: 'security platform kept rejecting freshly fetched tokens (401); domains left retryable',
     });
   }
 }

@@ -162,21 +162,29 @@ export function emptyCounts(): StatusCounts {
 }
 
 /**
- * Claims the open domains of a batch for one worker: pending or retryable ones, and in-progress ones
- * whose lease ran out (their worker died). The row lock of the UPDATE guarantees that two workers
- * never hold the same domain at once.
+ * Claims up to `limit` open domains of a batch for one worker, right before it sends them: pending or
+ * retryable ones not yet tried in this pass (`exclude`), and in-progress ones whose lease ran out (their
+ * worker died). SKIP LOCKED lets two workers share a batch; the row lock guarantees that no domain is
+ * held by two workers at once.
  */
-export async function claimDomains(db: Queryable, messageId: string, workerId: string, leaseMs: number): Promise<DomainRow[]> {
+export async function claimDomains(
+  db: Queryable,
+  messageId: string,
+  opts: { workerId: string; leaseMs: number; limit: number; exclude: string[] },
+): Promise<DomainRow[]> {
   const { rows } = await db.query<DomainRow>(
     `UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
             claimed_until = now() + make_interval(secs => $3::double precision / 1000),
             attempts = attempts + 1, updated_at = now()
-     WHERE message_id = $1
-       AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
+     WHERE (message_id, domain) IN (
+       SELECT message_id, domain FROM batch_domain
+       WHERE message_id = $1 AND NOT (domain = ANY($5))
+         AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
+       ORDER BY domain LIMIT $4 FOR UPDATE SKIP LOCKED)
      RETURNING ${DOMAIN_COLUMNS}`,
-    [messageId, workerId, leaseMs],
+    [messageId, opts.workerId, opts.leaseMs, opts.limit, opts.exclude],
   );
-  await db.query('UPDATE batch SET last_run_at = now() WHERE message_id = $1', [messageId]);
+  if (rows.length > 0) await db.query('UPDATE batch SET last_run_at = now() WHERE message_id = $1', [messageId]);
   return rows;
 }
 

@@ -58,10 +58,13 @@ describe('pipeline flows', function () {
       return c.succeeded === 17 && c.failed === 3;
     });
     expect(sim.stats().deleteByStatus['503']).to.equal(2);
-    const { rows: alarms } = await db.query<{ tag: string; content: string; alarm_type: string }>(
-      'SELECT tag, content, alarm_type FROM sys_task_process_alarm WHERE message_id = $1', [id]);
-    const failureAlarm = alarms.find((a) => a.alarm_type === 'BATCH_FAILURES');
-    expect(failureAlarm, 'a BATCH_FAILURES alarm').to.not.equal(undefined);
+    const alarms = await waitFor('the batch alarm', async () => {
+      const { rows } = await db.query<{ tag: string; content: string }>(
+        `SELECT tag, content FROM sys_task_process_alarm WHERE message_id = $1 AND alarm_type = 'BATCH_FAILURES'`, [id]);
+      return rows.length > 0 ? rows : undefined;
+    });
+    expect(alarms, 'exactly one BATCH_FAILURES alarm for the finished batch').to.have.length(1);
+    const failureAlarm = alarms[0];
     expect(JSON.parse(failureAlarm!.tag)).to.deep.equal({ taskId: `${id}_exc`, type: 'DOMAIN_B_PIPE' });
     for (const d of failing) expect(failureAlarm!.content).to.include(d);
     const { rows: failedRows } = await db.query<{ detail: string }>(`SELECT detail FROM batch_domain WHERE message_id = $1 AND status = 'failed'`, [id]);
@@ -162,8 +165,11 @@ describe('pipeline flows', function () {
       const c = await statusCounts(db, id);
       return c.succeeded === 2 && c.unknown_domain === 1 && c.unsupported === 1;
     });
-    const { rows } = await db.query<{ alarm_type: string; content: string }>('SELECT alarm_type, content FROM sys_task_process_alarm WHERE message_id = $1 ORDER BY id', [id]);
-    expect(rows.map((r) => r.alarm_type)).to.include.members(['UNSUPPORTED_REQ_TYPE', 'BATCH_FAILURES']);
+    const rows = await waitFor('both alarms', async () => {
+      const r = await db.query<{ alarm_type: string; content: string }>('SELECT alarm_type, content FROM sys_task_process_alarm WHERE message_id = $1 ORDER BY id', [id]);
+      return r.rows.length >= 2 ? r.rows : undefined;
+    });
+    expect(rows.map((r) => r.alarm_type)).to.have.members(['UNSUPPORTED_REQ_TYPE', 'BATCH_FAILURES']);
     expect(rows.find((r) => r.alarm_type === 'BATCH_FAILURES')!.content).to.include('missing.example.org');
     expect(rows.find((r) => r.alarm_type === 'UNSUPPORTED_REQ_TYPE')!.content).to.include('new.example.org');
   });

@@ -1,0 +1,62 @@
+/**
+ * npm run alarms -- [messageId…]: the alarm rows of some batches (or of a time window) together with each
+ * batch's current state, replacing ad-hoc `tag LIKE '%<messageId>%'` queries on sys_task_process_alarm.
+ */
+import { InvalidArgumentError } from 'commander';
+import { findAlarms } from '../src/store/alarms.js';
+import { countByStatus, listDomains, type DomainStatus } from '../src/store/ledger.js';
+import { createProgram, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';
+
+/** Statuses an operator has to look at: final failures and domains still waiting for a retry. */
+const FAILING: DomainStatus[] = ['failed', 'unknown_domain', 'unsupported', 'retryable'];
+const UNITS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** An ISO date/time ("2024-05-01", "2024-05-01T08:00:00+08:00") or a look-back such as 30m, 6h, 2d. */
+function parseSince(value: string): Date {
+  const rel = /^(\d+)([mhd])$/.exec(value.trim());
+  const d = rel ? new Date(Date.now() - Number(rel[1]) * UNITS[rel[2]!]!) : /^\d{4}-\d{2}-\d{2}/.test(value) ? new Date(value) : new Date(NaN);
+  if (Number.isNaN(d.getTime())) throw new InvalidArgumentError('must be an ISO date or date-time (2024-05-01, 2024-05-01T08:00:00Z) or a look-back like 30m, 6h, 2d.');
+  return d;
+}
+
+await runCli(async () => {
+  const program = createProgram('alarms', 'List alarms (sys_task_process_alarm) by messageId and/or time, with each batch\'s counts by status and its failing domains.')
+    .argument('[messageId...]', 'only alarms of these batches (exact messageIds, no LIKE)')
+    .option('--since <date>', 'only alarms raised at or after this time: ISO date/date-time or a look-back (30m, 6h, 2d)', parseSince)
+    .option('--limit <n>', 'at most this many alarm rows, newest first', integer(1, 10_000), 100)
+    .option('--json', 'print one JSON object {alarms, batches} instead of tables')
+    .addHelpText('after', `
+Failing domains are those with status ${FAILING.join(', ')}; replay them with \`npm run replay -- <messageId>\`.
+Exit codes: 0 shown (also when nothing matched), 1 a dependency is down, 2 usage error.`)
+    .parse();
+  const messageIds = [...new Set(program.processedArgs[0] as string[])];
+  const opts = program.opts<{ since?: Date; limit: number; json?: boolean }>();
+
+  return withContext(async ({ db }) => {
+    const alarms = await findAlarms(db, { messageIds, since: opts.since, limit: opts.limit });
+    const ids = [...new Set([...messageIds, ...alarms.flatMap((a) => (a.messageId ? [a.messageId] : []))])];
+    const counts = await countByStatus(db, ids);
+    const batches = await Promise.all(ids.map(async (id) => ({
+      messageId: id,
+      counts: counts.get(id)!,
+      failing: (await listDomains(db, id)).filter((d) => FAILING.includes(d.status)),
+    })));
+
+    if (opts.json) {
+      console.log(JSON.stringify({ alarms, batches }, null, 2));
+      return 0;
+    }
+    console.log(alarms.length === 0 ? 'no alarms matched' : formatTable(
+      ['raised', 'messageId', 'type', 'content'],
+      alarms.map((a) => [a.createdAt, a.messageId ?? '-', a.alarmType, a.content]),
+    ));
+    if (alarms.length === opts.limit) console.error(`showing the newest ${opts.limit} alarms; raise --limit or narrow --since to see more`);
+    for (const b of batches) {
+      console.log(`\nbatch ${b.messageId}: ${formatCounts(b.counts)}`);
+      if (b.failing.length > 0) {
+        console.log(formatTable(['domain', 'status', 'attempts', 'detail', 'updated'], b.failing.map((d) => [d.domain, d.status, d.attempts, d.detail, d.updatedAt])));
+      }
+    }
+    return 0;
+  });
+});
