@@ -36,10 +36,11 @@ export async function startService(config: Config, ctx: AppContext = createConte
 
   if (runWorker) {
     releasers.add('worker', async () => {
+      // Take no new job, start no new call; calls in flight finish (each has its own timeout) and the
+      // unfinished rest of their jobs goes back to the queue.
       await ctx.broker.cancelConsumer();
-      // Let in-flight calls finish; past half the deadline, stop starting new ones and hand the rest back.
-      const giveUp = setTimeout(() => ctx.stopWork(), config.shutdownTimeoutMs / 2);
-      try { await ctx.broker.drain(); } finally { clearTimeout(giveUp); }
+      ctx.stopWork();
+      await ctx.broker.drain();
     });
   }
 

@@ -1,0 +1,96 @@
+/**
+ * Worker processes under real signals and a real broker-side connection cut: SIGTERM mid-batch,
+ * kill -9 mid-batch, and RabbitMQ closing every connection.
+ */
+import { execFileSync } from 'node:child_process';
+import { expect } from 'chai';
+import type pg from 'pg';
+import { createSimulator, type Simulator } from '../../src/simulator/server.js';
+import {
+  SECPLAT_PASSWORD, callbackBody, cleanupNames, domainsFor, messageId, postCallback, seedInventory, spawnService,
+  statusCounts, testDb, testEnv, waitFor, type ServiceProcess,
+} from '../helpers/env.js';
+
+describe('worker resilience', function () {
+  let sim: Simulator;
+  let db: pg.Pool;
+  let env: Record<string, string>;
+  let services: ServiceProcess[] = [];
+
+  beforeEach(async () => {
+    sim = createSimulator({ password: SECPLAT_PASSWORD, latencyMs: 200 });
+    const simUrl = (await sim.start()).url;
+    db = testDb();
+    env = testEnv({ SECPLAT_BASE_URL: simUrl, SECPLAT_BATCH_SIZE: '5', SECPLAT_CONCURRENCY: '2', DOMAIN_LEASE_MS: '1000' });
+  });
+
+  afterEach(async () => {
+    await Promise.all(services.map((s) => s.stop()));
+    services = [];
+    await sim.stop();
+    await db.end();
+    await cleanupNames(env);
+  });
+
+  const maxDeletions = () => Math.max(0, ...Object.values(sim.stats().deletedCounts));
+
+  it('when a worker gets SIGTERM mid-batch, then its calls in flight finish, it exits cleanly in time, and another worker finishes the rest without deleting anything twice', async () => {
+    const id = messageId();
+    const domains = domainsFor(id.slice(2, 10), 120);
+    await seedInventory(db, domains);
+    const first = await spawnService({ ...env, INSTANCE_ID: 'first' });
+    services.push(first);
+    expect((await postCallback(first.url, callbackBody(id, domains))).status).to.equal(200);
+    await waitFor('some deletions', async () => (await statusCounts(db, id)).succeeded >= 20);
+
+    const started = Date.now();
+    const code = await first.stop('SIGTERM');
+    expect(code, 'exit code').to.equal(0);
+    expect(Date.now() - started, 'exit within SHUTDOWN_TIMEOUT_MS').to.be.below(Number(env.SHUTDOWN_TIMEOUT_MS));
+    const left = await statusCounts(db, id);
+    expect(left.in_progress ?? 0, 'no domain left claimed by the stopped worker').to.equal(0);
+    expect(left.succeeded).to.be.below(120);
+
+    services.push(await spawnService({ ...env, INSTANCE_ID: 'second', ROLE: 'worker' }));
+    await waitFor('all 120 succeeded', async () => (await statusCounts(db, id)).succeeded === 120, 60_000);
+    expect(maxDeletions()).to.equal(1);
+  });
+
+  it('when a worker is killed with SIGKILL mid-batch, then another worker takes over its job and its expired claims and finishes the batch', async () => {
+    const id = messageId();
+    const domains = domainsFor(id.slice(2, 10), 120);
+    await seedInventory(db, domains);
+    const api = await spawnService({ ...env, INSTANCE_ID: 'api', ROLE: 'api' });
+    const victim = await spawnService({ ...env, INSTANCE_ID: 'victim', ROLE: 'worker' });
+    services.push(api, victim);
+    expect((await postCallback(api.url, callbackBody(id, domains))).status).to.equal(200);
+    await waitFor('some deletions', async () => (await statusCounts(db, id)).succeeded >= 20);
+    await victim.stop('SIGKILL');
+
+    services.push(await spawnService({ ...env, INSTANCE_ID: 'rescuer', ROLE: 'worker' }));
+    await waitFor('all 120 succeeded', async () => (await statusCounts(db, id)).succeeded === 120, 60_000);
+    // Only calls in flight at the moment of the kill may have been sent twice.
+    const twice = Object.values(sim.stats().deletedCounts).filter((n) => n > 1).length;
+    expect(twice).to.be.at.most(2 * 5);
+  });
+
+  it('when RabbitMQ closes every connection, then the worker reconnects by itself and processes later callbacks', async () => {
+    const svc = await spawnService({ ...env, INSTANCE_ID: 'survivor' });
+    services.push(svc);
+    const id1 = messageId();
+    const d1 = domainsFor(id1.slice(2, 10), 5);
+    await seedInventory(db, d1);
+    await postCallback(svc.url, callbackBody(id1, d1));
+    await waitFor('first batch done', async () => (await statusCounts(db, id1)).succeeded === 5);
+
+    execFileSync('rabbitmqctl', ['close_all_connections', 'test: simulated broker restart'], { stdio: 'ignore' });
+    await waitFor('reconnected', async () => svc.logs.filter((l) => l.includes('"rabbitmq connected"')).length >= 2, 30_000);
+    expect(svc.logs.some((l) => l.includes('rabbitmq disconnected'))).to.equal(true);
+
+    const id2 = messageId();
+    const d2 = domainsFor(id2.slice(2, 10), 5);
+    await seedInventory(db, d2);
+    expect((await postCallback(svc.url, callbackBody(id2, d2))).status).to.equal(200);
+    await waitFor('second batch done', async () => (await statusCounts(db, id2)).succeeded === 5, 30_000);
+  });
+});
