@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from './lib/errors.js';
+import { redactUrl } from './lib/logger.js';
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
 const url = (protocols: RegExp) => z.string().refine((v) => {
@@ -24,7 +25,7 @@ const cidrList = z.string().transform((s) => s.split(',').map((p) => p.trim()).f
 
 /** Every key: [environment variable, one-line doc, schema]. README's config table mirrors this. */
 export const configKeys = {
-  role: ['ROLE', 'Which parts run in this process: all | api | worker', z.enum(['all', 'api', 'worker'])],
+  role: ['ROLE', 'Which parts run in this process: all, api or worker', z.enum(['all', 'api', 'worker'])],
   port: ['PORT', 'HTTP port of the API (0 = any free port)', int(0, 65535)],
   host: ['HOST', 'HTTP bind address', z.string().min(1)],
   logLevel: ['LOG_LEVEL', 'winston log level', z.enum(['error', 'warn', 'info', 'debug'])],
@@ -40,7 +41,7 @@ export const configKeys = {
   amqpConfirmTimeoutMs: ['AMQP_CONFIRM_TIMEOUT_MS', 'How long a publish waits for the broker confirm', int(100)],
   amqpDeliveryLimit: ['AMQP_DELIVERY_LIMIT', 'Deliveries of one job before the broker parks it', int(1, 1000)],
   retryTiersMs: ['RETRY_TIERS_MS', 'Delays of the retry queues, in order', msList],
-  relayIntervalMs: ['RELAY_INTERVAL_MS', 'How often unpublished batches are (re)published', int(100)],
+  relayIntervalMs: ['RELAY_INTERVAL_MS', 'How often the relay publishes unconfirmed jobs and re-publishes stalled batches', int(100)],
   callbackAuth: ['CALLBACK_AUTH', 'token = require X-Callback-Token; none = no auth (must be explicit)', z.enum(['token', 'none'])],
   callbackToken: ['CALLBACK_TOKEN', 'Shared secret the pipeline sends in X-Callback-Token', z.string()],
   callbackAllowCidrs: ['CALLBACK_ALLOW_CIDRS', 'Comma-separated CIDRs allowed to call back (empty = any)', cidrList],
@@ -78,7 +79,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     const parsed = (schema as z.ZodType).safeParse(typeof raw === 'number' ? String(raw) : raw);
     if (!parsed.success) {
       const reason = parsed.error.issues[0]?.message ?? 'is invalid';
-      throw new ConfigError(`${envName} ${reason.startsWith('must') ? reason : `is invalid: ${reason}`} (${doc}); got ${JSON.stringify(isSecret(envName) ? '***' : String(raw).replace(/\/\/[^@/]*@/, '//***@'))}.`);
+      throw new ConfigError(`${envName} ${reason.startsWith('must') ? reason : `is invalid: ${reason}`} (${doc}); got ${JSON.stringify(isSecret(envName) ? '***' : redactUrl(String(raw)))}.`);
     }
     out[key] = parsed.data;
   }

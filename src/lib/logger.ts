@@ -26,10 +26,14 @@ export function redact(value: unknown, depth = 0): unknown {
   return value;
 }
 
+/** Hides the credentials of a URL (everything between "//" and the last "@" before the host). */
+export function redactUrl(u: string): string {
+  return u.replace(/\/\/[^/\s]*@/g, '//***@');
+}
+
 function maskString(s: string): string {
-  return s
+  return redactUrl(s)
     .replace(/(bearer\s+)[A-Za-z0-9._~+/=-]+/gi, '$1[redacted]')
-    .replace(/(\/\/[^:/@\s]+:)[^@/\s]+@/g, '$1[redacted]@')
     .replace(/((?:password|access_token|refresh_token)=)[^&\s]+/gi, '$1[redacted]');
 }
 

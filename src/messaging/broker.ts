@@ -5,7 +5,7 @@
  */
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
 import { DependencyUnavailableError } from '../lib/errors.js';
-import type { Logger } from '../lib/logger.js';
+import { redactUrl, type Logger } from '../lib/logger.js';
 import { declareTopology, type Topology } from './topology.js';
 
 export interface Job { messageId: string; attempt: number }
@@ -184,8 +184,4 @@ function connectRecovering(url: string, setup: (model: ChannelModel) => Promise<
     timeout: 5000,
     recovery: { initialDelay: 200, maxDelay: 5000, maxRetries: Infinity, waitForConnect: false, setup },
   });
-}
-
-export function redactUrl(u: string): string {
-  return u.replace(/\/\/[^@/]*@/, '//***@');
 }
