@@ -45,6 +45,7 @@ export const configKeys = {
   callbackAuth: ['CALLBACK_AUTH', 'token = require X-Callback-Token; none = no auth (must be explicit)', z.enum(['token', 'none'])],
   callbackToken: ['CALLBACK_TOKEN', 'Shared secret the pipeline sends in X-Callback-Token', z.string()],
   callbackAllowCidrs: ['CALLBACK_ALLOW_CIDRS', 'Comma-separated CIDRs allowed to call back (empty = any)', cidrList],
+  trustProxy: ['TRUST_PROXY', 'Proxies whose X-Forwarded-For is believed, for the allowlist (express "trust proxy": e.g. loopback, 10.0.0.0/8; empty = none)', z.string()],
   callbackBodyLimit: ['CALLBACK_BODY_LIMIT', 'Largest callback body accepted', z.string().regex(/^\d+(b|kb|mb)$/i)],
   callbackMaxItems: ['CALLBACK_MAX_ITEMS', 'Most domains accepted in one callback', int(1, 100000)],
   adminToken: ['ADMIN_TOKEN', 'Bearer token for POST /api/batches/:id/replay (empty = endpoint disabled)', z.string()],
@@ -94,6 +95,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   return Object.freeze(config);
 }
 
+const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN']);
 function isSecret(envName: string): boolean {
-  return /PASSWORD|TOKEN|SECRET/.test(envName);
+  return SECRETS.has(envName);
 }

@@ -21,7 +21,7 @@ import { replayBatches } from '../pipeline/replay.js';
 export const CALLBACK_PATH = '/api/pm/pipe/callback';
 
 export interface AppDeps {
-  config: Pick<Config, 'callbackAuth' | 'callbackToken' | 'callbackAllowCidrs' | 'callbackBodyLimit' | 'callbackMaxItems' | 'adminToken'>;
+  config: Pick<Config, 'callbackAuth' | 'callbackToken' | 'callbackAllowCidrs' | 'trustProxy' | 'callbackBodyLimit' | 'callbackMaxItems' | 'adminToken'>;
   logger: Logger;
   metrics: Metrics;
   db: Db;
@@ -33,6 +33,8 @@ export interface AppDeps {
 export function createApp(deps: AppDeps, opts: { opsOnly?: boolean } = {}): express.Express {
   const app = express();
   app.disable('x-powered-by');
+  // Behind a load balancer the socket address is the balancer's; the allowlist needs the caller's.
+  app.set('trust proxy', deps.config.trustProxy || false);
   if (!opts.opsOnly) mountApiRoutes(app, deps);
 
   app.get('/healthz', (_req, res) => { res.json({ status: 'ok' }); });
@@ -60,7 +62,7 @@ function mountApiRoutes(app: express.Express, deps: AppDeps): void {
 
   app.post(CALLBACK_PATH,
     (req, _res, next) => {
-      if (allow && !allow(req.socket.remoteAddress ?? '')) throw new CallbackRejectedError('caller address is not allowed', null, 403);
+      if (allow && !allow(req.ip ?? '')) throw new CallbackRejectedError('caller address is not allowed', null, 403);
       if (config.callbackAuth === 'token' && !sameSecret(req.get('x-callback-token'), config.callbackToken)) {
         throw new CallbackRejectedError('missing or wrong X-Callback-Token', null, 401);
       }
@@ -69,7 +71,7 @@ function mountApiRoutes(app: express.Express, deps: AppDeps): void {
     },
     express.json({ limit: config.callbackBodyLimit, type: () => true, strict: false }),
     async (req, res) => {
-      const result = await acceptCallback(deps, req.body, req.socket.remoteAddress);
+      const result = await acceptCallback(deps, req.body, req.ip);
       metrics.callbacks.inc({ result: 'accepted' });
       res.json({ success: true, messageId: result.messageId, message: 'OK', status: 0 });
     });

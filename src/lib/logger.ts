@@ -9,7 +9,7 @@ export type Logger = winston.Logger;
 
 const SECRET_KEY = /pass(word)?|secret|token|authorization|cookie|credential/i;
 // Keys that contain "token" but only ever hold non-secret metadata.
-const SAFE_KEYS = new Set(['tokenGeneration', 'generation', 'tokenFetches']);
+const SAFE_KEYS = new Set(['tokenGeneration', 'generation', 'tokenFetches', 'tokenRequests']);
 
 export function redact(value: unknown, depth = 0): unknown {
   if (depth > 6) return '[deep]';
@@ -19,7 +19,7 @@ export function redact(value: unknown, depth = 0): unknown {
   if (value && typeof value === 'object') {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
-      out[k] = SECRET_KEY.test(k) && !SAFE_KEYS.has(k) && v !== undefined && typeof v !== 'number' ? '[redacted]' : redact(v, depth + 1);
+      out[k] = SECRET_KEY.test(k) && !SAFE_KEYS.has(k) && v !== undefined ? '[redacted]' : redact(v, depth + 1);
     }
     return out;
   }
@@ -28,7 +28,7 @@ export function redact(value: unknown, depth = 0): unknown {
 
 /** Hides the credentials of a URL (everything between "//" and the last "@" before the host). */
 export function redactUrl(u: string): string {
-  return u.replace(/\/\/[^/\s]*@/g, '//***@');
+  return u.replace(/\/\/\S*@/g, '//***@');
 }
 
 function maskString(s: string): string {
@@ -41,7 +41,7 @@ const redactFormat = winston.format((info) => {
   for (const key of Object.keys(info)) {
     if (key === 'level') continue;
     const v = (info as Record<string, unknown>)[key];
-    (info as Record<string, unknown>)[key] = SECRET_KEY.test(key) && !SAFE_KEYS.has(key) && typeof v !== 'number' ? '[redacted]' : redact(v);
+    (info as Record<string, unknown>)[key] = SECRET_KEY.test(key) && !SAFE_KEYS.has(key) ? '[redacted]' : redact(v);
   }
   return info;
 });

@@ -1,0 +1,207 @@
+/**
+ * The vendor's callback body, validated without I/O: what is accepted, how hostnames are normalised,
+ * and which reason the vendor is told when something is refused.
+ */
+import { expect } from 'chai';
+import { ValidationError } from '../../src/lib/errors.js';
+import { CallbackRejectedError, normalizeHostname, parseCallback } from '../../src/pipeline/callback-input.js';
+
+const ID = 'pm0e83d5aac99c4c7aac37a2d4f341ea26';
+const item = (targetName: unknown, reqType: unknown = 'SELF_DOMAIN_DELETE') => ({ percent: 1.0, process: false, reqType, targetName });
+
+/** Runs fn, expects a CallbackRejectedError and returns it. */
+function rejection(fn: () => unknown): CallbackRejectedError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).to.be.instanceOf(CallbackRejectedError);
+    expect(err).to.be.instanceOf(ValidationError);
+    return err as CallbackRejectedError;
+  }
+  expect.fail('expected the callback to be rejected');
+}
+
+describe('callback input', function () {
+  describe('normalizeHostname', function () {
+    it('when a hostname has upper case and a trailing dot, then it is lower-cased without the dot', function () {
+      expect(normalizeHostname('WWW.Example.COM.')).to.equal('www.example.com');
+      expect(normalizeHostname('tjj.example.gov.cn')).to.equal('tjj.example.gov.cn');
+    });
+
+    it('when a hostname is a wildcard "*.example.com", then it is accepted as is', function () {
+      expect(normalizeHostname('*.Example.com')).to.equal('*.example.com');
+    });
+
+    it('when a wildcard is not the first label, then it is rejected', function () {
+      expect(normalizeHostname('www.*.example.com')).to.equal(null);
+    });
+
+    it('when a label has exactly 63 characters and the name exactly 253, then it is accepted', function () {
+      const l63 = 'a'.repeat(63);
+      expect(normalizeHostname(`${l63}.com`)).to.equal(`${l63}.com`);
+      const name253 = `${l63}.${l63}.${l63}.${'b'.repeat(61)}`;
+      expect(name253).to.have.length(253);
+      expect(normalizeHostname(name253)).to.equal(name253);
+      expect(normalizeHostname(`${name253}.`), 'trailing dot does not count').to.equal(name253);
+    });
+
+    const invalid: [string, unknown][] = [
+      ['empty', ''],
+      ['only a dot', '.'],
+      ['spaces inside', 'www.exa mple.com'],
+      ['a leading hyphen in a label', '-a.com'],
+      ['a trailing hyphen in a label', 'a-.com'],
+      ['a label over 63 characters', `${'a'.repeat(64)}.com`],
+      ['a name over 253 characters', `${'a'.repeat(63)}.${'a'.repeat(63)}.${'a'.repeat(63)}.${'b'.repeat(62)}`],
+      ['a single label', 'localhost'],
+      ['an IPv4 address', '192.168.0.1'],
+      ['an IPv6 address', '::1'],
+      ['unicode', 'bücher.de'],
+      ['an empty label', 'a..b'],
+      ['an underscore', 'a_b.example.com'],
+      ['a URL', 'https://www.example.com/'],
+      ['a number', 42],
+      ['null', null],
+    ];
+    for (const [what, raw] of invalid) {
+      it(`when a hostname is ${what}, then it is rejected`, function () {
+        expect(normalizeHostname(raw)).to.equal(null);
+      });
+    }
+  });
+
+  describe('parseCallback', function () {
+    it('when the vendor sends a valid payload, then its messageId and domains are returned as supported items', function () {
+      const body = { data: [item('tjj.example.gov.cn'), item('www.example.com')], messageId: ID };
+      expect(parseCallback(body, 100)).to.deep.equal({
+        messageId: ID,
+        items: [
+          { domain: 'tjj.example.gov.cn', reqType: 'SELF_DOMAIN_DELETE', supported: true },
+          { domain: 'www.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true },
+        ],
+      });
+    });
+
+    it('when one callback repeats a domain (also in another case or with a trailing dot), then it counts once', function () {
+      const body = { data: [item('www.example.com'), item('WWW.EXAMPLE.COM.'), item('a.example.com'), item('www.example.com')], messageId: ID };
+      const { items } = parseCallback(body, 100);
+      expect(items.map((i) => i.domain)).to.deep.equal(['www.example.com', 'a.example.com']);
+    });
+
+    it('when an item is a wildcard domain, then it is accepted', function () {
+      const { items } = parseCallback({ data: [item('*.example.com')], messageId: ID }, 10);
+      expect(items).to.deep.equal([{ domain: '*.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true }]);
+    });
+
+    it('when an item has an unknown reqType, then it is kept with supported:false (not rejected)', function () {
+      const { items } = parseCallback({ data: [item('a.example.com'), item('b.example.com', 'SELF_DOMAIN_ADD')], messageId: ID }, 10);
+      expect(items).to.deep.equal([
+        { domain: 'a.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true },
+        { domain: 'b.example.com', reqType: 'SELF_DOMAIN_ADD', supported: false },
+      ]);
+    });
+
+    it('when data holds exactly the maximum number of items, then it is accepted', function () {
+      const data = Array.from({ length: 5 }, (_, i) => item(`d${i}.example.com`));
+      expect(parseCallback({ data, messageId: ID }, 5).items).to.have.length(5);
+    });
+
+    const badHosts: [string, string][] = [
+      ['empty', ''],
+      ['with spaces', 'www.exa mple.com'],
+      ['with a leading hyphen', '-a.com'],
+      ['with a label over 63 characters', `${'a'.repeat(64)}.com`],
+      ['over 253 characters', Array.from({ length: 5 }, () => 'a'.repeat(60)).join('.')],
+      ['a single label', 'localhost'],
+      ['an IP address', '10.1.2.3'],
+      ['unicode', 'bücher.de'],
+      ['with an empty label', 'a..b'],
+    ];
+    for (const [what, host] of badHosts) {
+      it(`when item 1's hostname is ${what}, then the callback is rejected with a reason naming data[1]`, function () {
+        const err = rejection(() => parseCallback({ data: [item('ok.example.com'), item(host)], messageId: ID }, 10));
+        expect(err.status).to.equal(400);
+        expect(err.messageId).to.equal(ID);
+        expect(err.message).to.match(/^data\[1\]\.targetName .* is not a valid hostname$/);
+      });
+    }
+
+    it('when an item has no targetName, then the reason names that item', function () {
+      const err = rejection(() => parseCallback({ data: [item('a.example.com'), item('b.example.com'), { reqType: 'SELF_DOMAIN_DELETE' }], messageId: ID }, 10));
+      expect(err.message).to.include('data[2].targetName');
+    });
+
+    const badIds: [string, unknown, string][] = [
+      ['missing', undefined, 'messageId is missing'],
+      ['null', null, 'messageId is missing'],
+      ['an empty string', '', 'messageId is missing'],
+      ['a number', 12345, 'messageId must be'],
+      ['an object', { id: ID }, 'messageId must be'],
+      ['holding a space', 'pm 0e83', 'messageId must be'],
+      ['holding a slash', 'pm/../x', 'messageId must be'],
+      ['129 characters long', 'a'.repeat(129), 'messageId must be'],
+    ];
+    for (const [what, id, reason] of badIds) {
+      it(`when messageId is ${what}, then the callback is rejected with messageId null`, function () {
+        const body: Record<string, unknown> = { data: [item('a.example.com')] };
+        if (id !== undefined) body.messageId = id;
+        const err = rejection(() => parseCallback(body, 10));
+        expect(err.status).to.equal(400);
+        expect(err.messageId).to.equal(null);
+        expect(err.message).to.include(reason);
+      });
+    }
+
+    it('when messageId is 128 characters of the allowed alphabet, then it is accepted', function () {
+      const id = `pm_-${'Ab9'.repeat(42)}`.slice(0, 128);
+      expect(id).to.have.length(128);
+      expect(parseCallback({ data: [item('a.example.com')], messageId: id }, 10).messageId).to.equal(id);
+    });
+
+    const badBodies: [string, unknown][] = [['null', null], ['an array', [item('a.example.com')]], ['a string', 'hello'], ['a number', 1]];
+    for (const [what, body] of badBodies) {
+      it(`when the body is ${what}, then it is rejected as not a JSON object`, function () {
+        const err = rejection(() => parseCallback(body, 10));
+        expect(err.message).to.equal('body must be a JSON object');
+        expect(err.messageId).to.equal(null);
+      });
+    }
+
+    const badData: [string, unknown, RegExp][] = [
+      ['missing', undefined, /^data must be an array/],
+      ['an object', { 0: item('a.example.com') }, /^data must be an array/],
+      ['a string', 'a.example.com', /^data must be an array/],
+      ['empty', [], /^data is empty$/],
+      ['over the maximum', Array.from({ length: 11 }, (_, i) => item(`d${i}.example.com`)), /^data holds 11 items; at most 10/],
+    ];
+    for (const [what, data, reason] of badData) {
+      it(`when data is ${what}, then the callback is rejected and the reply still carries the messageId`, function () {
+        const body: Record<string, unknown> = { messageId: ID };
+        if (data !== undefined) body.data = data;
+        const err = rejection(() => parseCallback(body, 10));
+        expect(err.status).to.equal(400);
+        expect(err.messageId).to.equal(ID);
+        expect(err.message).to.match(reason);
+      });
+    }
+
+    const badItems: [string, unknown][] = [['null', null], ['a string', 'a.example.com'], ['an array', ['a.example.com']], ['a number', 7]];
+    for (const [what, bad] of badItems) {
+      it(`when an item is ${what}, then the reason says that item must be an object`, function () {
+        const err = rejection(() => parseCallback({ data: [item('a.example.com'), bad], messageId: ID }, 10));
+        expect(err.message).to.equal('data[1] must be an object');
+      });
+    }
+
+    const badReqTypes: [string, unknown][] = [['missing', undefined], ['empty', ''], ['a number', 3], ['over 64 characters', 'X'.repeat(65)]];
+    for (const [what, reqType] of badReqTypes) {
+      it(`when reqType is ${what}, then the reason names that item's reqType`, function () {
+        const bad: Record<string, unknown> = { targetName: 'b.example.com' };
+        if (reqType !== undefined) bad.reqType = reqType;
+        const err = rejection(() => parseCallback({ data: [item('a.example.com'), bad], messageId: ID }, 10));
+        expect(err.message).to.equal('data[1].reqType must be a non-empty string');
+        expect(err.messageId).to.equal(ID);
+      });
+    }
+  });
+});

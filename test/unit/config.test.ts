@@ -1,0 +1,155 @@
+/**
+ * loadConfig: defaults from config/default.json, overridden by the environment, validated once; a bad
+ * value is refused with one sentence naming the variable, and never echoes a secret.
+ */
+import { readFileSync } from 'node:fs';
+import { expect } from 'chai';
+import { configKeys, loadConfig } from '../../src/config.js';
+import { ConfigError } from '../../src/lib/errors.js';
+
+const defaultsFile = JSON.parse(readFileSync(new URL('../../config/default.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+// The defaults ship with CALLBACK_AUTH=token and no token, so a minimal valid environment names one.
+const base = { CALLBACK_TOKEN: 'cb-token' };
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).to.be.instanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  expect.fail('expected a ConfigError');
+}
+
+describe('config', function () {
+  it('when only CALLBACK_TOKEN is set, then every default from config/default.json loads with its type', function () {
+    const c = loadConfig({}, base);
+    expect(c.role).to.equal('all');
+    expect(c.port).to.equal(8080);
+    expect(c.retryTiersMs).to.deep.equal([5000, 30000, 300000]);
+    expect(c.callbackAllowCidrs).to.deep.equal([]);
+    expect(c.callbackAuth).to.equal('token');
+    expect(c.callbackBodyLimit).to.equal('1mb');
+    expect(c.callbackMaxItems).to.equal(5000);
+    expect(c.tokenLockTtlMs).to.equal(10000);
+    expect(c.instanceId, 'empty INSTANCE_ID becomes host:pid').to.match(new RegExp(`:${process.pid}$`));
+    expect(Object.isFrozen(c)).to.equal(true);
+  });
+
+  it('when a value is in the environment and in the overrides, then the override wins over the environment, which wins over the default', function () {
+    expect(loadConfig({ ...base, PORT: '9001' }).port).to.equal(9001);
+    expect(loadConfig({ ...base, PORT: '9001' }, { PORT: '9002' }).port).to.equal(9002);
+    const c = loadConfig({ ...base, RETRY_TIERS_MS: ' 100, 200 ', CALLBACK_ALLOW_CIDRS: '10.0.0.0/8, 192.168.1.1,' });
+    expect(c.retryTiersMs).to.deep.equal([100, 200]);
+    expect(c.callbackAllowCidrs).to.deep.equal(['10.0.0.0/8', '192.168.1.1']);
+  });
+
+  const bad: [string, string][] = [
+    ['PORT', 'abc'],
+    ['PORT', '70000'],
+    ['ROLE', 'both'],
+    ['LOG_LEVEL', 'verbose'],
+    ['RETRY_TIERS_MS', '5,x'],
+    ['RETRY_TIERS_MS', '5,0'],
+    ['RETRY_TIERS_MS', ''],
+    ['DATABASE_URL', 'nonsense'],
+    ['DATABASE_URL', 'mysql://db.internal/app'],
+    ['REDIS_URL', 'http://127.0.0.1:6379'],
+    ['RABBITMQ_URL', 'nonsense'],
+    ['AMQP_PREFIX', 'has space'],
+    ['CALLBACK_AUTH', 'basic'],
+    ['CALLBACK_BODY_LIMIT', '1gb'],
+    ['CALLBACK_MAX_ITEMS', '0'],
+    ['SECPLAT_BATCH_SIZE', '1.5'],
+    ['DATABASE_POOL_SIZE', '-1'],
+  ];
+  for (const [name, value] of bad) {
+    it(`when ${name}=${JSON.stringify(value)}, then loading throws a ConfigError naming ${name}`, function () {
+      const err = configError(() => loadConfig({}, { ...base, [name]: value }));
+      expect(err.message.startsWith(`${name} `), err.message).to.equal(true);
+      expect(err.code).to.equal('CONFIG');
+    });
+  }
+
+  it('when a value is bad, then the error says what the variable should be', function () {
+    const err = configError(() => loadConfig({}, { ...base, RETRY_TIERS_MS: '5,x' }));
+    expect(err.message).to.include('comma-separated list of positive milliseconds');
+    expect(err.message).to.include('"5,x"');
+  });
+
+  it('when another value is bad, then the error does not echo SECPLAT_PASSWORD, CALLBACK_TOKEN or ADMIN_TOKEN', function () {
+    const secrets = { SECPLAT_PASSWORD: 'pw-9f3a1c', CALLBACK_TOKEN: 'cb-7e21d0', ADMIN_TOKEN: 'adm-55b2e8' };
+    for (const [name, value] of [['PORT', 'abc'], ['DATABASE_URL', 'nonsense'], ['TOKEN_LOCK_TTL_MS', '500']] as const) {
+      const err = configError(() => loadConfig({}, { ...secrets, [name]: value }));
+      for (const secret of Object.values(secrets)) expect(err.message, `${name}: ${err.message}`).to.not.include(secret);
+    }
+  });
+
+  it('when DATABASE_URL with a password is invalid, then the error shows the URL without the password', function () {
+    const err = configError(() => loadConfig({}, { ...base, DATABASE_URL: 'mysql://app:S3cretPw@db.internal:5432/app' }));
+    expect(err.message).to.include('DATABASE_URL');
+    expect(err.message).to.include('db.internal');
+    expect(err.message).to.not.include('S3cretPw');
+  });
+
+  it('when the password inside an invalid DATABASE_URL holds an unescaped "@", then no part of it is echoed', function () {
+    // The classic reason a connection URL is invalid in the first place.
+    const err = configError(() => loadConfig({}, { ...base, DATABASE_URL: 'postgres://app:Sup3r@Secret@db.internal:54x2/app' }));
+    expect(err.message).to.include('DATABASE_URL');
+    expect(err.message).to.not.include('Sup3r');
+    expect(err.message).to.not.include('Secret');
+  });
+
+  it('when the password inside an invalid DATABASE_URL holds an unescaped "/" (as base64 passwords do), then it is not echoed', function () {
+    const err = configError(() => loadConfig({}, { ...base, DATABASE_URL: 'postgres://app:k9+Zq/Wx7@db.internal:5432/app' }));
+    expect(err.message).to.include('DATABASE_URL');
+    expect(err.message).to.not.include('k9+Zq');
+    expect(err.message).to.not.include('Wx7');
+  });
+
+  it('when RABBITMQ_URL with a password is invalid, then the password is not echoed', function () {
+    const err = configError(() => loadConfig({}, { ...base, RABBITMQ_URL: 'http://admin:RmqPw77@mq.internal:5672' }));
+    expect(err.message).to.include('RABBITMQ_URL');
+    expect(err.message).to.not.include('RmqPw77');
+  });
+
+  it('when CALLBACK_AUTH=token and CALLBACK_TOKEN is missing or empty, then the API refuses to start', function () {
+    for (const env of [{}, { CALLBACK_TOKEN: '' }]) {
+      const err = configError(() => loadConfig({}, { ...env, CALLBACK_AUTH: 'token', ROLE: 'api' }));
+      expect(err.message).to.include('CALLBACK_TOKEN must be set');
+      expect(err.message).to.include('CALLBACK_AUTH=none');
+    }
+    configError(() => loadConfig({}, { ROLE: 'all' }));
+  });
+
+  it('when CALLBACK_AUTH=none, then no CALLBACK_TOKEN is needed', function () {
+    const c = loadConfig({}, { CALLBACK_AUTH: 'none' });
+    expect(c.callbackAuth).to.equal('none');
+    expect(c.callbackToken).to.equal('');
+  });
+
+  it('when ROLE=worker, then no CALLBACK_TOKEN is needed (it serves no callback)', function () {
+    expect(loadConfig({}, { ROLE: 'worker' }).role).to.equal('worker');
+  });
+
+  it('when TOKEN_LOCK_TTL_MS is not longer than SECPLAT_TIMEOUT_MS, then loading is refused naming both', function () {
+    for (const ttl of ['3000', '2999']) {
+      const err = configError(() => loadConfig({}, { ...base, SECPLAT_TIMEOUT_MS: '3000', TOKEN_LOCK_TTL_MS: ttl }));
+      expect(err.message).to.match(/^TOKEN_LOCK_TTL_MS/);
+      expect(err.message).to.include('SECPLAT_TIMEOUT_MS');
+    }
+    expect(loadConfig({}, { ...base, SECPLAT_TIMEOUT_MS: '3000', TOKEN_LOCK_TTL_MS: '3001' }).tokenLockTtlMs).to.equal(3001);
+  });
+
+  it('when configKeys and config/default.json are compared, then every key has a default and every default a key', function () {
+    const envNames = Object.values(configKeys).map(([envName]) => envName).sort();
+    expect(new Set(envNames).size, 'no variable serves two keys').to.equal(envNames.length);
+    expect(Object.keys(defaultsFile).sort()).to.deep.equal(envNames);
+  });
+
+  it('when every key is documented, then each has a non-empty doc line', function () {
+    for (const [key, [envName, doc]] of Object.entries(configKeys)) {
+      expect(doc.length, `${key} (${envName})`).to.be.greaterThan(10);
+    }
+  });
+});
