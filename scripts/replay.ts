@@ -13,7 +13,8 @@ import { createProgram, formatCounts, formatTable, integer, runCli, withContext 
 const POLL_MS = 500;
 const BROKER_WAIT_MS = 10_000;
 
-const open = (c: StatusCounts) => c.pending + c.in_progress;
+// Retryable domains are still being worked on (they wait in a retry tier).
+const open = (c: StatusCounts) => c.pending + c.in_progress + c.retryable;
 const total = (c: StatusCounts) => Object.values(c).reduce((a, b) => a + b, 0);
 
 function printPlan(ids: string[], rows: DomainRow[], dryRun: boolean): void {
@@ -51,7 +52,7 @@ await runCli(async () => {
     .argument('<messageId...>', 'messageIds of the batches to replay')
     .option('--all', 'also re-open unknown_domain and unsupported domains (e.g. after importing missing domains)')
     .option('--dry-run', 'only show which domains would be re-opened; change nothing')
-    .option('--wait', 'wait until the replayed batches have no pending or in-progress domain, then print their outcome')
+    .option('--wait', 'wait until the replayed batches have no pending, in-progress or retryable domain, then print their outcome')
     .option('--timeout <sec>', 'with --wait: give up after this many seconds', integer(1), 300)
     .addHelpText('after', `
 Succeeded domains are never re-opened. Without --all, only failed, retryable and stuck (pending, or in
