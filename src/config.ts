@@ -9,7 +9,10 @@ import { z } from 'zod';
 import { ConfigError } from './lib/errors.js';
 import { redactUrl } from './lib/logger.js';
 
-const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => {
+  const msg = `must be a whole number${max === Number.MAX_SAFE_INTEGER ? ` of at least ${min}` : ` from ${min} to ${max}`}`;
+  return z.string().trim().regex(/^-?\d+$/, msg).transform(Number).refine((n) => n >= min && n <= max, msg);
+};
 const url = (protocols: RegExp) => z.string().refine((v) => {
   try { return protocols.test(new URL(v).protocol); } catch { return false; }
 }, 'must be a URL');

@@ -5,7 +5,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { loadConfig, type Config } from './config.js';
+import { configKeys, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
 import { createApp } from './http/app.js';
 import { ConfigError } from './lib/errors.js';
@@ -21,7 +21,7 @@ export async function startService(config: Config, ctx: AppContext = createConte
   const runWorker = config.role !== 'api';
 
   await migrate(ctx.db, logger).catch((err: Error) => {
-    throw new StartupError(`PostgreSQL is not reachable at ${redactUrl(config.databaseUrl)} (${err.message}); start it with: pg_ctlcluster --skip-systemctl-redirect 15 main start`);
+    throw new StartupError(`PostgreSQL is not reachable at ${redactUrl(config.databaseUrl)} (${err.message.replace(/^PostgreSQL unavailable: /, '')}); start it with: pg_ctlcluster --skip-systemctl-redirect 15 main start`);
   });
   await ctx.redis.connect().catch((err: Error) =>
     logger.warn(`Redis is not reachable at ${redactUrl(config.redisUrl)} (${err.message}); no token can be fetched until it is. Start it with: redis-server --daemonize yes`));
@@ -61,7 +61,18 @@ export async function startService(config: Config, ctx: AppContext = createConte
 
 class StartupError extends Error {}
 
+function usage(): string {
+  const rows = Object.values(configKeys).map(([env, doc]) => `  ${env.padEnd(30)} ${doc}`);
+  return ['Usage: npm start   (or: node --import tsx src/main.ts)', '',
+    'Runs the callback API and/or the deletion workers. Configured only through environment variables',
+    '(defaults in config/default.json); SIGTERM or SIGINT shuts down gracefully.', '', 'Environment:', ...rows, ''].join('\n');
+}
+
 async function main(): Promise<void> {
+  if (process.argv.slice(2).some((a) => a === '--help' || a === '-h')) {
+    process.stdout.write(usage());
+    return;
+  }
   let config: Config;
   try {
     config = loadConfig();
