@@ -30,7 +30,7 @@ export async function startService(config: Config, ctx: AppContext = createConte
   await ctx.broker.waitUntilConnected(3000).catch(() =>
     logger.warn(`RabbitMQ is not reachable at ${redactUrl(config.rabbitmqUrl)}; callbacks are still stored and will be published once it is. Start it with: rabbitmq-server -detached`));
 
-  const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs });
+  const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs, confirmTimeoutMs: config.amqpConfirmTimeoutMs });
   releasers.add('relay', () => relay.stop());
 
   if (runWorker) {

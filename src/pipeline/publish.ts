@@ -29,7 +29,7 @@ export async function publishBatchJob(deps: PublishDeps, messageId: string, upda
   return true;
 }
 
-export interface RelayOptions { intervalMs: number; retryTiersMs: readonly number[] }
+export interface RelayOptions { intervalMs: number; retryTiersMs: readonly number[]; confirmTimeoutMs: number }
 
 /**
  * Every interval: publishes batches whose job the broker never confirmed, and re-publishes batches whose
@@ -37,8 +37,8 @@ export interface RelayOptions { intervalMs: number; retryTiersMs: readonly numbe
  * worker). Jobs are idempotent, so publishing one twice costs a no-op, never a double delete.
  */
 export function startRelay(deps: PublishDeps, opts: RelayOptions): { stop(): Promise<void>; runOnce(): Promise<number> } {
-  // Give the request that stored a batch the first chance to publish it.
-  const unpublishedAfterMs = Math.min(opts.intervalMs, 2000);
+  // Leave a batch to the request that stored it until that request's publish has surely ended.
+  const unpublishedAfterMs = opts.confirmTimeoutMs + 1000;
   const stalledAfterMs = Math.max(...opts.retryTiersMs) + 60_000;
   let running: Promise<number> | undefined;
   let stopped = false;

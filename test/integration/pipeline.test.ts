@@ -145,8 +145,10 @@ describe('pipeline flows', function () {
     expect(await statusCounts(db, id)).to.deep.equal({ failed: 4 });
     const { rows } = await db.query<{ alarm_type: string }>('SELECT alarm_type FROM sys_task_process_alarm WHERE message_id = $1', [id]);
     expect(rows.map((r) => r.alarm_type)).to.include('JOB_PARKED');
-    // 1 first run + 3 retry tiers, one call each (4 domains fit one call of 5).
-    expect(sim.stats().deleteByStatus['500']).to.equal(4);
+    // The first run and each of the 3 retry tiers tried (4 domains fit one call of 5); a duplicate job
+    // (harmless by design) could add calls, never remove them.
+    expect(sim.stats().deleteByStatus['500']).to.be.at.least(4);
+    expect(sim.stats().deletedCounts).to.deep.equal({});
 
     sim.setOptions({ errorRate: 0 });
     await replayBatches(service!.ctx, [id], { all: false, dryRun: false });
