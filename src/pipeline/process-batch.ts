@@ -16,7 +16,7 @@ import type { Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
 import { lookupDomains } from '../store/inventory.js';
 import {
-  claimDomains, countByStatus, getBatch, setUserIds, settleDomains, settleSucceeded,
+  claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, setUserIds, settleDomains, settleSucceeded,
   type DomainStatus, type StatusCounts,
 } from '../store/ledger.js';
 import { MESSAGE_ID } from './callback-input.js';
@@ -65,7 +65,7 @@ export function createJobHandler(deps: ProcessDeps): (msg: ConsumeMessage) => Pr
     // ourselves with an alarm (a worker crashing on this job again and again ends here).
     const deliveries = Number(msg.properties.headers?.['x-delivery-count'] ?? 0);
     if (deliveries >= deps.config.amqpDeliveryLimit) {
-      return park(deps, job.messageId, `delivered ${deliveries + 1} times without finishing`, {});
+      return parkBatch(deps, job.messageId, `delivered ${deliveries + 1} times without finishing`, log);
     }
     try {
       const run = await processBatch(deps, job.messageId, log);
@@ -89,15 +89,22 @@ async function retryOrPark(deps: ProcessDeps, job: Job, log: Logger, reason: str
     log.info('job scheduled for retry', { delayMs: deps.config.retryTiersMs[job.attempt], reason });
     return { action: 'retry', tier: job.attempt, job: { messageId: job.messageId, attempt: job.attempt + 1 } };
   }
-  // Out of retry tiers: what is still open becomes failed, visibly, and can be replayed.
+  return parkBatch(deps, job.messageId, `retries exhausted after ${job.attempt} retries: ${reason}`, log);
+}
+
+/**
+ * Parks a batch's job: its open domains become failed (visibly, replayable, and no longer picked up by the
+ * relay's stalled-batch sweep), one alarm lists the batch's failures, one says the job was parked.
+ */
+async function parkBatch(deps: ProcessDeps, messageId: string, reason: string, log: Logger): Promise<Disposition> {
   try {
-    await settleOpenAsFailed(deps, job.messageId, `retries exhausted: ${reason}`);
-    const counts = (await countByStatus(deps.db, [job.messageId])).get(job.messageId)!;
-    await alarmBatchFailures(deps.db, job.messageId, counts, 'retries exhausted, job parked');
+    await failOpenDomains(deps.db, messageId, reason);
+    const counts = (await countByStatus(deps.db, [messageId])).get(messageId)!;
+    await alarmBatchFailures(deps.db, messageId, counts, 'job parked');
   } catch (err) {
-    log.error('could not mark exhausted domains failed', { err: (err as Error).message });
+    log.error('could not mark the parked batch failed', { err: (err as Error).message });
   }
-  return park(deps, job.messageId, `retries exhausted after ${job.attempt} retries: ${reason}`, {});
+  return park(deps, messageId, reason, {});
 }
 
 async function park(deps: ProcessDeps, messageId: string | null, reason: string, details: Record<string, unknown>): Promise<Disposition> {
@@ -108,23 +115,12 @@ async function park(deps: ProcessDeps, messageId: string | null, reason: string,
   return { action: 'park', reason };
 }
 
-async function settleOpenAsFailed(deps: ProcessDeps, messageId: string, reason: string): Promise<void> {
-  await deps.db.query(
-    `UPDATE batch_domain SET status = 'failed', detail = $2 || coalesce(' (last error: ' || detail || ')', ''),
-            finished_at = now(), updated_at = now()
-     WHERE message_id = $1 AND status IN ('pending', 'retryable')`,
-    [messageId, reason],
-  );
-}
-
 /**
  * One alarm row when a batch ends with failures: which domains failed and why, read from the ledger so
  * it covers every pass, not just the last one.
  */
 async function alarmBatchFailures(db: Db, messageId: string, counts: StatusCounts, why: string): Promise<void> {
-  const { rows } = await db.query<{ domain: string; status: DomainStatus; detail: string | null }>(
-    `SELECT domain, status, detail FROM batch_domain WHERE message_id = $1 AND status IN ('failed', 'unknown_domain')
-     ORDER BY domain`, [messageId]);
+  const rows = await listFailures(db, messageId);
   if (rows.length === 0) return;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   const list = rows.slice(0, 50).map((f) => `${f.domain} (${f.status}: ${f.detail ?? ''})`).join('; ');

@@ -208,6 +208,24 @@ export async function settleDomains(
   return rowCount ?? 0;
 }
 
+/** Pending and retryable domains become failed (retries exhausted or job parked); the reason is kept. */
+export async function failOpenDomains(db: Queryable, messageId: string, reason: string): Promise<void> {
+  await db.query(
+    `UPDATE batch_domain SET status = 'failed', detail = $2 || coalesce(' (last error: ' || detail || ')', ''),
+            finished_at = now(), updated_at = now()
+     WHERE message_id = $1 AND status IN ('pending', 'retryable')`,
+    [messageId, reason],
+  );
+}
+
+/** The domains of a batch that ended badly, with why. */
+export async function listFailures(db: Queryable, messageId: string): Promise<{ domain: string; status: DomainStatus; detail: string | null }[]> {
+  const { rows } = await db.query<{ domain: string; status: DomainStatus; detail: string | null }>(
+    `SELECT domain, status, detail FROM batch_domain WHERE message_id = $1 AND status IN ('failed', 'unknown_domain')
+     ORDER BY domain`, [messageId]);
+  return rows;
+}
+
 /** Success: the outcome rows and the inventory rows change together, or not at all. */
 export async function settleSucceeded(db: Db, messageId: string, workerId: string, domains: string[], detail: string | null = null): Promise<void> {
   if (domains.length === 0) return;

@@ -134,6 +134,29 @@ describe('pipeline flows', function () {
     await waitFor('later job processed', async () => (await statusCounts(db, id)).succeeded === 3);
   });
 
+  it('when a job reaches its last delivery (a worker keeps dying on it), then it is parked, its open domains fail visibly and alarms are written', async () => {
+    await start({ ROLE: 'worker' });
+    const id = messageId();
+    const domains = domainsFor(id.slice(2, 10), 3);
+    await seedInventory(db, domains);
+    await db.query('INSERT INTO batch (message_id, publish_pending) VALUES ($1, false)', [id]);
+    await db.query(`INSERT INTO batch_domain (message_id, domain, req_type) SELECT $1, d, 'SELF_DOMAIN_DELETE' FROM unnest($2::text[]) d`, [id, domains]);
+    const t = topologyNames(env.AMQP_PREFIX!, env.RETRY_TIERS_MS!.split(',').map(Number));
+    const conn = await amqp.connect(RABBITMQ_URL);
+    const ch = await conn.createConfirmChannel();
+    // As the quorum queue stamps it on the last redelivery before AMQP_DELIVERY_LIMIT.
+    ch.publish(t.jobsExchange, t.jobRoutingKey, Buffer.from(JSON.stringify({ messageId: id, attempt: 0 })),
+      { persistent: true, headers: { 'x-delivery-count': Number(env.AMQP_DELIVERY_LIMIT ?? 5) } });
+    await ch.waitForConfirms();
+    await conn.close();
+
+    await waitFor('parked', async () => (await queueDepth(env, 'parked')) === 1);
+    expect(await statusCounts(db, id)).to.deep.equal({ failed: 3 });
+    const { rows } = await db.query<{ alarm_type: string }>('SELECT alarm_type FROM sys_task_process_alarm WHERE message_id = $1', [id]);
+    expect(rows.map((r) => r.alarm_type)).to.have.members(['BATCH_FAILURES', 'JOB_PARKED']);
+    expect(sim.stats().deleteCalls).to.equal(0);
+  });
+
   it('when the platform keeps answering 5xx past the last retry tier, then the domains are failed, the job is parked with an alarm, and replay finishes them', async () => {
     await start();
     const id = messageId();
