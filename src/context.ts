@@ -54,7 +54,8 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
   redis.on('error', (err: Error) => logger.debug('redis error', { err: err.message }));
   releasers.add('redis', () => { redis.disconnect(); });
 
-  const redlock = new Redlock([redis], { driftFactor: 0.01, retryCount: 0, automaticExtensionThreshold: 1000 });
+  // Extend the lock well before it lapses; redlock needs the TTL to exceed this threshold by 100 ms.
+  const redlock = new Redlock([redis], { driftFactor: 0.01, retryCount: 0, automaticExtensionThreshold: Math.min(1000, Math.floor(config.tokenLockTtlMs / 3)) });
   redlock.on('error', () => undefined); // lock contention is reported through acquire/using, not here
 
   const secplat = createSecplatClient({

@@ -33,6 +33,18 @@ export async function startService(config: Config, ctx: AppContext = createConte
   const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs, confirmTimeoutMs: config.amqpConfirmTimeoutMs });
   releasers.add('relay', () => relay.stop());
 
+  const server = http.createServer(createApp(ctx, { opsOnly: !runApi }));
+  server.keepAliveTimeout = 5000;
+  server.requestTimeout = 15_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
+  });
+  releasers.add('http server', () => new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  }));
+  // Registered last so it is released first: the worker stops claiming at once, not after HTTP drains.
   if (runWorker) {
     releasers.add('worker', async () => {
       // Take no new job, start no new call; calls in flight finish (each has its own timeout) and the
@@ -43,17 +55,6 @@ export async function startService(config: Config, ctx: AppContext = createConte
     });
   }
 
-  const server = http.createServer(createApp(ctx, { opsOnly: !runApi }));
-  server.keepAliveTimeout = 5000;
-  server.requestTimeout = 30_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.host, () => resolve());
-  });
-  releasers.add('http server', () => new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeIdleConnections();
-  }));
   const port = (server.address() as AddressInfo).port;
   logger.info('http listening', { port, role: config.role, instanceId: config.instanceId });
   return { ctx, port, stop: () => ctx.release() };

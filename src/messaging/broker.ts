@@ -3,7 +3,8 @@
  * publishing and, for workers, a consumer channel. amqplib reconnects the connection; channels, topology
  * and consumers are re-created in its `setup` hook after every (re)connect.
  */
-import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import { randomUUID } from 'node:crypto';
+import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Message } from 'amqplib';
 import { DependencyUnavailableError } from '../lib/errors.js';
 import { redactUrl, type Logger } from '../lib/logger.js';
 import { declareTopology, type Topology } from './topology.js';
@@ -34,6 +35,7 @@ export class Broker {
   private consumer: { channel: Channel; tag: string } | undefined;
   private handler: JobHandler | undefined;
   private readonly inFlight = new Set<Promise<void>>();
+  private readonly returned = new Set<string>();
   private closed = false;
 
   constructor(private readonly opts: BrokerOptions) {}
@@ -67,25 +69,32 @@ export class Broker {
 
   /** Called by amqplib after every successful (re)connect. */
   private async setup(model: ChannelModel): Promise<void> {
-    const publisher = await model.createConfirmChannel();
-    await declareTopology(publisher, this.opts.topology, this.opts.deliveryLimit);
+    // amqplib listens on the model only after setup; until then an 'error' without a listener would
+    // crash the process (e.g. a 406 when a queue argument changed). Failing setup makes it retry.
+    model.on('error', (err: Error) => this.opts.logger.error('rabbitmq connection error during setup', { err: err.message }));
     // A channel can close while its connection lives on (e.g. a channel error); then recycle the whole
     // connection so recovery rebuilds everything in one known way.
     const recycle = (what: string) => () => {
       if (this.closed) return;
-      this.opts.logger.warn(`rabbitmq ${what} channel closed, reconnecting`);
+      this.opts.logger.warn(`rabbitmq ${what} closed, reconnecting`);
       model.close().catch(() => undefined);
     };
-    publisher.on('close', recycle('publisher'));
-    publisher.on('error', () => undefined);
+    const publisher = await model.createConfirmChannel();
+    publisher.on('error', (err: Error) => this.opts.logger.error('rabbitmq publisher channel error', { err: err.message }));
+    publisher.on('close', recycle('publisher channel'));
+    // Published with `mandatory`: a job that reaches no queue comes back here before its confirm.
+    publisher.on('return', (msg: Message) => this.returned.add(String(msg.properties.correlationId)));
+    await declareTopology(publisher, this.opts.topology, this.opts.deliveryLimit);
     if (this.handler) {
       const channel = await model.createChannel();
+      channel.on('error', (err: Error) => this.opts.logger.error('rabbitmq consumer channel error', { err: err.message }));
+      channel.on('close', recycle('consumer channel'));
       await channel.prefetch(this.opts.prefetch);
-      channel.on('close', recycle('consumer'));
-      channel.on('error', () => undefined);
       const handler = this.handler;
       const { consumerTag } = await channel.consume(this.opts.topology.jobsQueue, (msg) => {
-        if (msg) this.track(this.dispatch(channel, handler, msg));
+        // null = the broker cancelled our consumer (e.g. the queue was deleted): rebuild, do not go quiet.
+        if (!msg) return recycle('consumer (cancelled by the broker)')();
+        this.track(this.dispatch(channel, handler, msg));
       });
       this.consumer = { channel, tag: consumerTag };
     }
@@ -122,12 +131,17 @@ export class Broker {
     const ch = this.publisher;
     if (!ch) throw new DependencyUnavailableError('rabbitmq', 'RabbitMQ is not connected');
     const body = Buffer.from(JSON.stringify(job));
+    const correlationId = randomUUID();
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         new Promise<void>((resolve, reject) => {
-          ch.publish(exchange, routingKey, body, { persistent: true, contentType: 'application/json', messageId: job.messageId },
-            (err) => (err ? reject(new DependencyUnavailableError('rabbitmq', 'RabbitMQ refused the message (nack)', err)) : resolve()));
+          ch.publish(exchange, routingKey, body, { persistent: true, mandatory: true, contentType: 'application/json', messageId: job.messageId, correlationId },
+            (err) => {
+              if (err) reject(new DependencyUnavailableError('rabbitmq', 'RabbitMQ refused the message (nack)', err));
+              else if (this.returned.delete(correlationId)) reject(new DependencyUnavailableError('rabbitmq', `no queue is bound for ${exchange}/${routingKey}; the job was returned`));
+              else resolve();
+            });
         }),
         new Promise<void>((_, reject) => {
           timer = setTimeout(() => reject(new DependencyUnavailableError('rabbitmq', `no publisher confirm within ${this.opts.confirmTimeoutMs} ms`)), this.opts.confirmTimeoutMs);
@@ -138,6 +152,7 @@ export class Broker {
       throw new DependencyUnavailableError('rabbitmq', `publish failed: ${(err as Error).message}`, err);
     } finally {
       clearTimeout(timer);
+      this.returned.delete(correlationId);
     }
   }
 

@@ -2,15 +2,16 @@
  * Processing one job = one batch: claim its open domains, delete them at the security platform with the
  * shared token, record every outcome, alarm on failures, and tell the broker what to do with the job.
  */
+import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
 import type { LimitFunction } from 'p-limit';
 import {
-  DependencyUnavailableError, SecplatRejectedError, TokenRejectedError, UnrecoverableJobError, toAppError,
+  BadCredentialsError, DependencyUnavailableError, SecplatRejectedError, TokenUnavailableError, TokenRejectedError, UnrecoverableJobError, toAppError,
 } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
 import type { Disposition, Job } from '../messaging/broker.js';
-import type { SecplatApi } from '../secplat/client.js';
+import type { DeleteResult, SecplatApi } from '../secplat/client.js';
 import type { TokenManager } from '../token/token-manager.js';
 import type { Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
@@ -34,7 +35,7 @@ export interface ProcessDeps {
   signal: AbortSignal;
 }
 
-export interface BatchRunResult { claimed: number; counts: StatusCounts; interrupted: boolean }
+export interface BatchRunResult { claimed: number; counts: StatusCounts; interrupted: boolean; blocked: boolean }
 
 /** Parses a delivery; anything else is a poison message. */
 export function parseJob(content: Buffer): Job {
@@ -69,36 +70,46 @@ export function createJobHandler(deps: ProcessDeps): (msg: ConsumeMessage) => Pr
     }
     try {
       const run = await processBatch(deps, job.messageId, log);
-      const open = run.counts.retryable + run.counts.pending + run.counts.in_progress;
+      // Domains another worker holds are its business; if it dies, the relay's stalled sweep re-publishes
+      // the batch once their lease has run out.
+      const open = run.counts.retryable + run.counts.pending;
       // Shutting down: what is left goes back to the queue for another worker.
       if (run.interrupted && open > 0) return { action: 'requeue' };
       if (open === 0) return { action: 'ack' };
-      return retryOrPark(deps, job, log, `${open} domain(s) still open`);
+      return retryOrPark(deps, job, log, `${open} domain(s) still open`, run.blocked);
     } catch (err) {
       const e = toAppError(err);
       if (!e.retryable) return park(deps, job.messageId, e.message, { code: e.code });
       log.warn('job failed, will retry', { err: e.message, code: e.code });
-      return retryOrPark(deps, job, log, e.message);
+      // PostgreSQL, Redis or RabbitMQ away: wait at the last tier for as long as it takes.
+      return retryOrPark(deps, job, log, e.message, e instanceof DependencyUnavailableError || e instanceof TokenUnavailableError);
     }
   };
 }
 
-async function retryOrPark(deps: ProcessDeps, job: Job, log: Logger, reason: string): Promise<Disposition> {
-  if (job.attempt < deps.config.retryTiersMs.length) {
-    deps.metrics.retries.inc({ tier: String(job.attempt) });
-    log.info('job scheduled for retry', { delayMs: deps.config.retryTiersMs[job.attempt], reason });
-    return { action: 'retry', tier: job.attempt, job: { messageId: job.messageId, attempt: job.attempt + 1 } };
+/**
+ * Next retry tier, or park once every tier was used. An infrastructure outage (`waitOnly`) uses no
+ * retry: it waits at the last tier until the dependency is back, instead of failing the domains.
+ */
+async function retryOrPark(deps: ProcessDeps, job: Job, log: Logger, reason: string, waitOnly = false): Promise<Disposition> {
+  const tiers = deps.config.retryTiersMs.length;
+  if (job.attempt < tiers || waitOnly) {
+    const tier = Math.min(job.attempt, tiers - 1);
+    deps.metrics.retries.inc({ tier: String(tier) });
+    log.info('job scheduled for retry', { delayMs: deps.config.retryTiersMs[tier], reason });
+    return { action: 'retry', tier, job: { messageId: job.messageId, attempt: Math.min(job.attempt + 1, tiers) } };
   }
-  return parkBatch(deps, job.messageId, `retries exhausted after ${job.attempt} retries: ${reason}`, log);
+  return parkBatch(deps, job.messageId, `retries exhausted after ${job.attempt} retries: ${reason}`, log, tiers + 1);
 }
 
 /**
  * Parks a batch's job: its open domains become failed (visibly, replayable, and no longer picked up by the
  * relay's stalled-batch sweep), one alarm lists the batch's failures, one says the job was parked.
  */
-async function parkBatch(deps: ProcessDeps, messageId: string, reason: string, log: Logger): Promise<Disposition> {
+async function parkBatch(deps: ProcessDeps, messageId: string, reason: string, log: Logger, minAttempts = 0): Promise<Disposition> {
   try {
-    await failOpenDomains(deps.db, messageId, reason);
+    // Domains added by a later callback have not had their retries yet: they stay open for the next job.
+    await failOpenDomains(deps.db, messageId, reason, minAttempts);
     const counts = (await countByStatus(deps.db, [messageId])).get(messageId)!;
     await alarmBatchFailures(deps.db, messageId, counts, 'job parked');
   } catch (err) {
@@ -139,16 +150,21 @@ async function alarmBatchFailures(db: Db, messageId: string, counts: StatusCount
 export async function processBatch(deps: ProcessDeps, messageId: string, log: Logger): Promise<BatchRunResult> {
   const { db, config } = deps;
   if (!(await getBatch(db, messageId))) throw new UnrecoverableJobError(`no batch ${messageId} in the ledger`);
-  const outcome = new Outcomes(deps, messageId, log);
+  // Claims are fenced per pass, so two passes in one process cannot settle each other's domains.
+  const outcome = new Outcomes(deps, messageId, `${config.instanceId}#${randomUUID().slice(0, 8)}`, log);
+  // The first failure stops this pass's other loops before the job is handed back, so nothing keeps
+  // sending for a job the broker already considers settled.
+  const pass = new AbortController();
+  const stopped = () => deps.signal.aborted || pass.signal.aborted;
   const tried: string[] = [];
   let claimedTotal = 0;
   // One loop per call slot; the process-wide limiter decides how many actually run at once across jobs.
   const loop = async (): Promise<void> => {
-    while (!deps.signal.aborted) {
+    while (!stopped()) {
       const more = await deps.secplatLimit(async () => {
-        if (deps.signal.aborted) return false;
+        if (stopped()) return false;
         const claimed = await claimDomains(db, messageId, {
-          workerId: config.instanceId, leaseMs: config.domainLeaseMs, limit: config.secplatBatchSize, exclude: tried,
+          workerId: outcome.claimer, leaseMs: config.domainLeaseMs, limit: config.secplatBatchSize, exclude: tried,
         });
         if (claimed.length === 0) return false;
         claimedTotal += claimed.length;
@@ -159,13 +175,18 @@ export async function processBatch(deps: ProcessDeps, messageId: string, log: Lo
       if (!more) return;
     }
   };
-  await Promise.all(Array.from({ length: config.secplatConcurrency }, loop));
+  const results = await Promise.allSettled(Array.from({ length: config.secplatConcurrency }, () => loop().catch((err: unknown) => {
+    pass.abort();
+    throw err;
+  })));
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
   const counts = (await countByStatus(db, [messageId])).get(messageId)!;
   await outcome.alarmIfTokenRejected();
   const finished = counts.pending + counts.retryable + counts.in_progress === 0;
   if (claimedTotal > 0 && finished) await alarmBatchFailures(db, messageId, counts, 'batch finished');
   log.info('batch pass finished', { claimed: claimedTotal, counts });
-  return { claimed: claimedTotal, counts, interrupted: deps.signal.aborted };
+  return { claimed: claimedTotal, counts, interrupted: deps.signal.aborted, blocked: outcome.blocked };
 }
 
 /** Resolves the claimed domains against the inventory and deletes the known ones in one call. */
@@ -185,38 +206,45 @@ async function processChunk(deps: ProcessDeps, outcome: Outcomes, domains: strin
 
 async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: string; userIdCdn: string }[]): Promise<void> {
   const domains = chunk.map((c) => c.domain);
-  const byId = new Map(chunk.map((c) => [c.userIdCdn, c.domain]));
+  // Several domains may share one user_id_cdn: send it once, settle them all.
+  const byId = new Map<string, string[]>();
+  for (const c of chunk) byId.set(c.userIdCdn, [...(byId.get(c.userIdCdn) ?? []), c.domain]);
+  let res: DeleteResult;
   try {
-    const res = await deps.tokens.withToken((token, generation) => deps.secplat.deleteUsers(token, generation, chunk.map((c) => c.userIdCdn)));
+    res = await deps.tokens.withToken((token, generation) => deps.secplat.deleteUsers(token, generation, [...byId.keys()]));
     deps.metrics.secplatCalls.inc({ result: 'ok' });
-    await outcome.succeeded(res.succeeded.map((id) => byId.get(id)!));
-    for (const f of res.failed) await outcome.settle([byId.get(f.userIdCdn)!], 'failed', `security platform: ${f.reason}`);
   } catch (err) {
     const e = toAppError(err);
     deps.metrics.secplatCalls.inc({ result: e.code });
-    // PostgreSQL failed mid-way: leave the claims to expire and let the whole job be retried.
-    if (e instanceof DependencyUnavailableError) throw e;
     if (e instanceof SecplatRejectedError) return outcome.settle(domains, 'failed', e.message);
     if (e instanceof TokenRejectedError) outcome.tokenRejected = true;
-    await outcome.settle(domains, 'retryable', e.message);
+    // No token to be had (Redis down, lock, circuit open): not the domains' fault, so no retry is used up.
+    if (e instanceof TokenUnavailableError || e instanceof BadCredentialsError) outcome.blocked = true;
+    return outcome.settle(domains, 'retryable', e.message);
   }
+  // Recorded outside the try: a database error here must not turn a confirmed deletion into "retryable";
+  // it propagates, the job is retried, and the claim expires.
+  await outcome.succeeded(res.succeeded.flatMap((id) => byId.get(id) ?? []));
+  for (const f of res.failed) await outcome.settle(byId.get(f.userIdCdn) ?? [], 'failed', `security platform: ${f.reason}`);
 }
 
 /** Records outcomes for one batch pass, logs one line per domain and remembers what needs an alarm. */
 class Outcomes {
   tokenRejected = false;
+  /** Some call could not get a token at all (infrastructure, not the domains). */
+  blocked = false;
 
-  constructor(private readonly deps: ProcessDeps, readonly messageId: string, private readonly log: Logger) {}
+  constructor(private readonly deps: ProcessDeps, readonly messageId: string, readonly claimer: string, private readonly log: Logger) {}
 
   async succeeded(domains: string[], detail: string | null = null): Promise<void> {
     if (domains.length === 0) return;
-    await settleSucceeded(this.deps.db, this.messageId, this.deps.config.instanceId, domains, detail);
+    await settleSucceeded(this.deps.db, this.messageId, domains, detail);
     this.deps.metrics.outcomes.inc({ status: 'succeeded' }, domains.length);
     for (const domain of domains) this.log.info('domain deleted', { domain, ...(detail ? { detail } : {}) });
   }
 
   async settle(domains: string[], status: Exclude<DomainStatus, 'in_progress' | 'succeeded'>, detail: string | null): Promise<void> {
-    await settleDomains(this.deps.db, this.messageId, this.deps.config.instanceId, domains, status, detail);
+    await settleDomains(this.deps.db, this.messageId, this.claimer, domains, status, detail);
     this.deps.metrics.outcomes.inc({ status }, domains.length);
     const level = status === 'pending' ? 'info' : 'warn';
     for (const domain of domains) this.log.log(level, `domain ${status}`, { domain, detail });

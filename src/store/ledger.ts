@@ -188,17 +188,17 @@ export async function claimDomains(
   return rows;
 }
 
-/** Moves claimed domains to a final or retryable status; only rows still claimed by this worker change. */
+/** Moves claimed domains to a final or retryable status; only rows still held by this claimer change. */
 export async function settleDomains(
   db: Queryable,
   messageId: string,
   workerId: string,
   domains: string[],
-  status: Exclude<DomainStatus, 'in_progress'>,
+  status: Exclude<DomainStatus, 'in_progress' | 'succeeded'>,
   detail: string | null,
 ): Promise<number> {
   if (domains.length === 0) return 0;
-  const finished = status === 'succeeded' || status === 'failed' || status === 'unknown_domain' || status === 'unsupported';
+  const finished = status === 'failed' || status === 'unknown_domain' || status === 'unsupported';
   const { rowCount } = await db.query(
     `UPDATE batch_domain SET status = $4, detail = $5, claimed_by = NULL, claimed_until = NULL, updated_at = now(),
             finished_at = CASE WHEN $6 THEN now() ELSE NULL END
@@ -209,12 +209,12 @@ export async function settleDomains(
 }
 
 /** Pending and retryable domains become failed (retries exhausted or job parked); the reason is kept. */
-export async function failOpenDomains(db: Queryable, messageId: string, reason: string): Promise<void> {
+export async function failOpenDomains(db: Queryable, messageId: string, reason: string, minAttempts = 0): Promise<void> {
   await db.query(
     `UPDATE batch_domain SET status = 'failed', detail = $2 || coalesce(' (last error: ' || detail || ')', ''),
             finished_at = now(), updated_at = now()
-     WHERE message_id = $1 AND status IN ('pending', 'retryable')`,
-    [messageId, reason],
+     WHERE message_id = $1 AND status IN ('pending', 'retryable') AND attempts >= $3`,
+    [messageId, reason, minAttempts],
   );
 }
 
@@ -226,11 +226,19 @@ export async function listFailures(db: Queryable, messageId: string): Promise<{ 
   return rows;
 }
 
-/** Success: the outcome rows and the inventory rows change together, or not at all. */
-export async function settleSucceeded(db: Db, messageId: string, workerId: string, domains: string[], detail: string | null = null): Promise<void> {
+/**
+ * Success: the outcome rows and the inventory rows change together, or not at all. A confirmed deletion
+ * is recorded even if this worker's claim has lapsed meanwhile: the platform's answer is the truth.
+ */
+export async function settleSucceeded(db: Db, messageId: string, domains: string[], detail: string | null = null): Promise<void> {
   if (domains.length === 0) return;
   await withTransaction(db, async (client) => {
-    await settleDomains(client, messageId, workerId, domains, 'succeeded', detail);
+    await client.query(
+      `UPDATE batch_domain SET status = 'succeeded', detail = $3, claimed_by = NULL, claimed_until = NULL,
+              updated_at = now(), finished_at = now()
+       WHERE message_id = $1 AND domain = ANY($2) AND status <> 'succeeded'`,
+      [messageId, domains, detail],
+    );
     await client.query(
       `UPDATE cdn_domain SET status = 'deleted', deleted_at = now(), deleted_by_message_id = $1
        WHERE domain = ANY($2) AND status = 'active'`,

@@ -17,7 +17,7 @@ import type { Metrics } from '../lib/metrics.js';
 import { sleep } from '../lib/shutdown.js';
 import type { SecplatApi } from '../secplat/client.js';
 
-export interface SharedToken { token: string; generation: number; expiresAt: number }
+export interface SharedToken { token: string; generation: number; expiresAt: number; lifetimeMs: number }
 
 type TokenConfig = Pick<Config, 'redisKeyPrefix' | 'tokenRefreshBeforeMs' | 'tokenMinFetchIntervalMs' | 'tokenLockTtlMs'
   | 'tokenCircuitOpenMs' | 'secplatMax401Retries' | 'secplatTimeoutMs'>;
@@ -37,12 +37,12 @@ export interface TokenManagerDeps {
 const STORE_IF_GENERATION = `
 local cur = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if cur ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'token', ARGV[2], 'expiresAt', ARGV[3], 'generation', cur + 1)
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'expiresAt', ARGV[3], 'lifetimeMs', ARGV[4], 'generation', cur + 1)
 return cur + 1`;
 
 /** Compare-and-set of the shared token: returns the new generation, or -1 if `expected` is no longer current. */
-export async function storeTokenIfGeneration(redis: Redis, key: string, expected: number, token: string, expiresAt: number): Promise<number> {
-  return Number(await redis.eval(STORE_IF_GENERATION, 1, key, String(expected), token, String(expiresAt)));
+export async function storeTokenIfGeneration(redis: Redis, key: string, expected: number, token: string, expiresAt: number, lifetimeMs = 3_600_000): Promise<number> {
+  return Number(await redis.eval(STORE_IF_GENERATION, 1, key, String(expected), token, String(expiresAt), String(lifetimeMs)));
 }
 
 export class TokenManager {
@@ -58,7 +58,13 @@ export class TokenManager {
   async getToken(): Promise<SharedToken> {
     const current = await this.read();
     if (current && this.isFresh(current)) return current;
-    return this.refresh(current?.generation ?? 0);
+    try {
+      return await this.refresh(current?.generation ?? 0);
+    } catch (err) {
+      // Refreshing early failed (endpoint down, circuit open): a token that has not expired still works.
+      if (current && current.token !== '' && Date.now() < current.expiresAt) return current;
+      throw err;
+    }
   }
 
   /**
@@ -94,8 +100,8 @@ export class TokenManager {
   /** Current shared token, or undefined when none was ever fetched. Throws TokenUnavailableError if Redis is down. */
   async read(): Promise<SharedToken | undefined> {
     const h = await this.redis(() => this.deps.redis.hgetall(this.keys.token));
-    if (!h.token) return h.generation ? { token: '', generation: Number(h.generation), expiresAt: 0 } : undefined;
-    return { token: h.token, generation: Number(h.generation), expiresAt: Number(h.expiresAt) };
+    if (!h.token) return h.generation ? { token: '', generation: Number(h.generation), expiresAt: 0, lifetimeMs: 0 } : undefined;
+    return { token: h.token, generation: Number(h.generation), expiresAt: Number(h.expiresAt), lifetimeMs: Number(h.lifetimeMs ?? 0) };
   }
 
   /** Milliseconds the bad-credentials circuit stays open (0 = closed). */
@@ -104,12 +110,17 @@ export class TokenManager {
   }
 
   private isFresh(t: SharedToken): boolean {
-    return t.token !== '' && Date.now() < t.expiresAt - this.deps.config.tokenRefreshBeforeMs;
+    // Never refresh earlier than half the token's lifetime, or short-lived tokens would be refreshed forever.
+    const margin = Math.min(this.deps.config.tokenRefreshBeforeMs, (t.lifetimeMs || Infinity) / 2);
+    return t.token !== '' && Date.now() < t.expiresAt - margin;
   }
 
-  /** Someone else already replaced the stale generation with a token that still works. */
+  /**
+   * Someone else already replaced the stale generation with a token that still works. "Different", not
+   * "greater": after Redis lost its data the generation starts again from 0.
+   */
   private isNewer(t: SharedToken | undefined, stale: number): boolean {
-    return !!t && t.generation > stale && t.token !== '' && Date.now() < t.expiresAt;
+    return !!t && t.generation !== stale && t.token !== '' && Date.now() < t.expiresAt;
   }
 
   private async refreshShared(stale: number): Promise<SharedToken> {
@@ -126,8 +137,15 @@ export class TokenManager {
         const current = await this.read();
         if (this.isNewer(current, stale)) return current!;
         await this.assertCircuitClosed();
-        await this.waitForMinInterval(signal);
-        return this.fetchAndStore(current?.generation ?? 0);
+        if (await this.waitForMinInterval(signal)) {
+          // The wait was long enough for things to change: a refresher whose lock had lapsed may have
+          // stored a token, or we may have lost the lock. Fetching now would kill a good token.
+          const after = await this.read();
+          if (this.isNewer(after, stale)) return after!;
+          if (signal.aborted) throw new TokenUnavailableError('lost the token refresh lock while waiting');
+          return this.fetchAndStore(after?.generation ?? 0, signal);
+        }
+        return this.fetchAndStore(current?.generation ?? 0, signal);
       });
     } catch (err) {
       if (err instanceof AppError) throw err;
@@ -140,7 +158,8 @@ export class TokenManager {
     }
   }
 
-  private async fetchAndStore(generation: number): Promise<SharedToken> {
+  private async fetchAndStore(generation: number, signal: AbortSignal): Promise<SharedToken> {
+    if (signal.aborted) throw new TokenUnavailableError('lost the token refresh lock before fetching');
     const { redis, client, logger, metrics, config } = this.deps;
     await this.redis(() => redis.set(this.keys.lastFetch, String(Date.now()), 'PX', Math.max(1, config.tokenMinFetchIntervalMs)));
     let fetched;
@@ -152,8 +171,9 @@ export class TokenManager {
       throw err;
     }
     metrics?.tokenFetches.inc({ result: 'ok' });
-    const expiresAt = Date.now() + fetched.expiresInSec * 1000;
-    const written = await this.redis(() => storeTokenIfGeneration(redis, this.keys.token, generation, fetched.accessToken, expiresAt));
+    const lifetimeMs = fetched.expiresInSec * 1000;
+    const expiresAt = Date.now() + lifetimeMs;
+    const written = await this.redis(() => storeTokenIfGeneration(redis, this.keys.token, generation, fetched.accessToken, expiresAt, lifetimeMs));
     if (written === -1) {
       // Our lock expired and a newer refresher won: its token is the valid one (ours was killed by it, or kills it
       // — either way the stored one is what every worker will use next, and a 401 will converge).
@@ -163,16 +183,16 @@ export class TokenManager {
       throw new TokenUnavailableError('token vanished after a lost compare-and-set');
     }
     logger.info('security-platform token fetched', { tokenGeneration: written, expiresInSec: fetched.expiresInSec });
-    return { token: fetched.accessToken, generation: written, expiresAt };
+    return { token: fetched.accessToken, generation: written, expiresAt, lifetimeMs };
   }
 
-  private async waitForMinInterval(signal: AbortSignal): Promise<void> {
+  /** Sleeps out the minimum interval since the last fetch anywhere; true if it had to wait. */
+  private async waitForMinInterval(signal: AbortSignal): Promise<boolean> {
     const wait = await this.redis(() => this.deps.redis.pttl(this.keys.lastFetch));
-    if (wait > 0) {
-      this.deps.logger.info('token fetched recently, waiting for the minimum interval', { waitMs: wait });
-      await sleep(wait, signal);
-      if (signal.aborted) throw new TokenUnavailableError('lost the token refresh lock while waiting');
-    }
+    if (wait <= 0) return false;
+    this.deps.logger.info('token fetched recently, waiting for the minimum interval', { waitMs: wait });
+    await sleep(wait, signal);
+    return true;
   }
 
   private async assertCircuitClosed(): Promise<void> {

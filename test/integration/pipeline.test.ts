@@ -114,6 +114,31 @@ describe('pipeline flows', function () {
     expect(await queueDepth(env, 'jobs')).to.be.greaterThan(0);
   });
 
+  it('when two domains share one user_id_cdn, then it is sent once and both domains succeed', async () => {
+    await start();
+    const id = messageId();
+    const domains = domainsFor(id.slice(2, 10), 3);
+    await seedInventory(db, domains, () => 'uid-shared');
+    expect((await postCallback(url, callbackBody(id, domains))).status).to.equal(200);
+    await waitFor('3 succeeded', async () => (await statusCounts(db, id)).succeeded === 3);
+    expect(sim.stats().deletedCounts).to.deep.equal({ 'uid-shared': 1 });
+  });
+
+  it('when the jobs queue is deleted under a running worker, then the worker rebuilds its topology and consumer and keeps processing', async () => {
+    await start();
+    const t = topologyNames(env.AMQP_PREFIX!, env.RETRY_TIERS_MS!.split(',').map(Number));
+    const conn = await amqp.connect(RABBITMQ_URL);
+    const ch = await conn.createChannel();
+    await ch.deleteQueue(t.jobsQueue);
+    await conn.close();
+    const id = messageId();
+    const domains = domainsFor(id.slice(2, 10), 3);
+    await seedInventory(db, domains);
+    // While the queue is gone a publish is returned (mandatory) and left to the relay; either way the job arrives.
+    await waitFor('callback accepted', async () => (await postCallback(url, callbackBody(id, domains))).status === 200);
+    await waitFor('3 succeeded', async () => (await statusCounts(db, id)).succeeded === 3, 30_000);
+  });
+
   it('when a job body cannot be parsed, then it is parked with an alarm and the queue keeps flowing', async () => {
     await start();
     const t = topologyNames(env.AMQP_PREFIX!, env.RETRY_TIERS_MS!.split(',').map(Number));

@@ -138,6 +138,35 @@ describe('shared token manager', function () {
     expect(times[2]! - times[1]!).to.be.at.least(650);
   });
 
+  it('when tokens live shorter than the refresh margin, then a fresh one is reused instead of being refreshed on every call', async () => {
+    sim.setOptions({ tokenTtlSec: 4 });
+    const [a] = await connected(1, { TOKEN_REFRESH_BEFORE_MS: '60000' });
+    const first = await a!.tm.getToken();
+    const again = await a!.tm.getToken();
+    expect(again.generation).to.equal(first.generation);
+    expect(sim.stats().tokenFetches).to.equal(1);
+  });
+
+  it('when an early refresh fails but the current token has not expired, then the current token is still used', async () => {
+    const [a] = await connected(1, { TOKEN_REFRESH_BEFORE_MS: '60000' });
+    const first = await a!.tm.getToken();
+    // Within the refresh margin (30 s left of the lifetime) while the token endpoint refuses us.
+    await a!.redis.hset(`${prefix}:secplat:token`, { expiresAt: String(Date.now() + 30_000) });
+    sim.setOptions({ rejectCredentials: true });
+    const t = await a!.tm.getToken();
+    expect(t.token).to.equal(first.token);
+    expect((await a!.client.deleteUsers(t.token, t.generation, ['x'])).succeeded).to.deep.equal(['x']);
+  });
+
+  it('when Redis lost the token and generations start again, then a 401 for an old higher generation uses the current token', async () => {
+    const [a] = await connected(1);
+    const current = await a!.tm.getToken();
+    expect(current.generation).to.equal(1);
+    const used = await a!.tm.refresh(41);
+    expect(used.token).to.equal(current.token);
+    expect(sim.stats().tokenFetches).to.equal(1);
+  });
+
   it('when Redis is unreachable, then no token is fetched and callers get TokenUnavailableError', async () => {
     const h = host({}, 'redis://127.0.0.1:1');
     await h.redis.connect().catch(() => undefined);
