@@ -15,6 +15,19 @@ export class CallbackRejectedError extends ValidationError {
 }
 
 const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+const MAX_DEPTH = 16;
+
+/** Iterative (so a hostile body cannot overflow the stack while being measured). */
+function depthExceeds(root: unknown, limit: number): boolean {
+  const stack: [unknown, number][] = [[root, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (!v || typeof v !== 'object') continue;
+    if (d > limit) return true;
+    for (const child of Object.values(v)) if (child && typeof child === 'object') stack.push([child, d + 1]);
+  }
+  return false;
+}
 
 /** Lower-cased hostname without a trailing dot, or null when it is not a valid DNS name (a leading "*." is allowed). */
 export function normalizeHostname(raw: unknown): string | null {
@@ -34,6 +47,8 @@ export function normalizeHostname(raw: unknown): string | null {
 /** Checks the body and returns the batch to store; domains repeated in one callback count once. */
 export function parseCallback(body: unknown, maxItems: number): CallbackInput {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw new CallbackRejectedError('body must be a JSON object', null);
+  // The vendor's payload is 3 levels deep; a much deeper one is hostile and would overflow the stack later.
+  if (depthExceeds(body, MAX_DEPTH)) throw new CallbackRejectedError(`body is nested deeper than ${MAX_DEPTH} levels`, null);
   const b = body as Record<string, unknown>;
   const rawId = b.messageId;
   if (rawId === undefined || rawId === null || rawId === '') throw new CallbackRejectedError('messageId is missing', null);
@@ -51,7 +66,10 @@ export function parseCallback(body: unknown, maxItems: number): CallbackInput {
     if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw reject(`data[${i}] must be an object`);
     const item = raw as Record<string, unknown>;
     const domain = normalizeHostname(item.targetName);
-    if (!domain) throw reject(`data[${i}].targetName ${JSON.stringify(String(item.targetName ?? '')).slice(0, 80)} is not a valid hostname`);
+    if (!domain) {
+      const shown = typeof item.targetName === 'string' ? JSON.stringify(item.targetName.slice(0, 80)) : `(${item.targetName === null ? 'null' : typeof item.targetName})`;
+      throw reject(`data[${i}].targetName ${shown} is not a valid hostname`);
+    }
     if (typeof item.reqType !== 'string' || item.reqType.length === 0 || item.reqType.length > 64) {
       throw reject(`data[${i}].reqType must be a non-empty string`);
     }

@@ -17,7 +17,7 @@ import type { Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
 import { lookupDomains } from '../store/inventory.js';
 import {
-  claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, setUserIds, settleDomains, settleSucceeded,
+  claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, renewClaims, setUserIds, settleDomains, settleSucceeded,
   type DomainStatus, type StatusCounts,
 } from '../store/ledger.js';
 import { MESSAGE_ID } from './callback-input.js';
@@ -207,11 +207,17 @@ async function processChunk(deps: ProcessDeps, outcome: Outcomes, domains: strin
 async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: string; userIdCdn: string }[]): Promise<void> {
   const domains = chunk.map((c) => c.domain);
   // Several domains may share one user_id_cdn: send it once, settle them all.
-  const byId = new Map<string, string[]>();
-  for (const c of chunk) byId.set(c.userIdCdn, [...(byId.get(c.userIdCdn) ?? []), c.domain]);
+  let byId = new Map<string, string[]>();
   let res: DeleteResult;
   try {
-    res = await deps.tokens.withToken((token, generation) => deps.secplat.deleteUsers(token, generation, [...byId.keys()]));
+    res = await deps.tokens.withToken(async (token, generation) => {
+      // Getting a token can take a while; send only what this pass still holds, with a fresh lease.
+      const held = new Set(await renewClaims(deps.db, outcome.messageId, outcome.claimer, domains, deps.config.domainLeaseMs));
+      byId = new Map();
+      for (const c of chunk) if (held.has(c.domain)) byId.set(c.userIdCdn, [...(byId.get(c.userIdCdn) ?? []), c.domain]);
+      if (byId.size === 0) return { succeeded: [], failed: [] };
+      return deps.secplat.deleteUsers(token, generation, [...byId.keys()]);
+    });
     deps.metrics.secplatCalls.inc({ result: 'ok' });
   } catch (err) {
     const e = toAppError(err);

@@ -29,10 +29,21 @@ export async function raiseAlarm(
   db: Queryable,
   alarm: { messageId: string | null; type: AlarmType; content: string; details?: unknown },
 ): Promise<void> {
+  const details = alarm.details === undefined ? null : JSON.stringify(withoutNul(alarm.details));
   await db.query(
     'INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details) VALUES ($1, $2, $3, $4, $5)',
-    [alarmTag(alarm.messageId), alarm.messageId, alarm.type, alarm.content, alarm.details === undefined ? null : JSON.stringify(alarm.details)],
+    [alarmTag(alarm.messageId), alarm.messageId, alarm.type, withoutNul(alarm.content), details],
   );
+}
+
+/** PostgreSQL text and jsonb cannot hold NUL; an alarm about a poison message must still be written. */
+function withoutNul<T>(value: T): T {
+  if (typeof value === 'string') return value.replaceAll('\u0000', '\ufffd') as T;
+  if (Array.isArray(value)) return value.map(withoutNul) as T;
+  if (value && typeof value === 'object' && !(value instanceof Date)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [withoutNul(k), withoutNul(v)])) as T;
+  }
+  return value;
 }
 
 /** The replacement for `tag LIKE '%<id>%'`: by messageIds (indexed) and/or a start time. */

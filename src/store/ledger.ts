@@ -188,6 +188,20 @@ export async function claimDomains(
   return rows;
 }
 
+/**
+ * Extends a claimer's lease right before it sends, and returns the domains it still holds: a lease that
+ * lapsed while the worker waited (e.g. for a token) may already belong to another worker.
+ */
+export async function renewClaims(db: Queryable, messageId: string, claimer: string, domains: string[], leaseMs: number): Promise<string[]> {
+  const { rows } = await db.query<{ domain: string }>(
+    `UPDATE batch_domain SET claimed_until = now() + make_interval(secs => $4::double precision / 1000)
+     WHERE message_id = $1 AND domain = ANY($2) AND status = 'in_progress' AND claimed_by = $3
+     RETURNING domain`,
+    [messageId, domains, claimer, leaseMs],
+  );
+  return rows.map((r) => r.domain);
+}
+
 /** Moves claimed domains to a final or retryable status; only rows still held by this claimer change. */
 export async function settleDomains(
   db: Queryable,
