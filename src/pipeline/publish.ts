@@ -4,8 +4,10 @@
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
 import type { Job } from '../messaging/broker.js';
-import type { Db } from '../store/db.js';
+import { withTransaction, type Db } from '../store/db.js';
 import { findStalled, findUnpublished, markPublished, markPublishFailed, markRelayed } from '../store/ledger.js';
+
+const STALLED_SWEEP_LOCK = 728_341_002;
 
 export interface JobPublisher { publishJob(job: Job): Promise<void> }
 
@@ -49,7 +51,12 @@ export function startRelay(deps: PublishDeps, opts: RelayOptions): { stop(): Pro
       if (await publishBatchJob(deps, b.messageId, b.updatedAt)) published++;
       else break; // broker down: try again next interval
     }
-    for (const b of await findStalled(deps.db, stalledAfterMs, 100)) {
+    // The stalled sweep scans open domains; one process at a time is enough (every process runs a relay).
+    const stalled = await withTransaction(deps.db, async (client) => {
+      const { rows } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS ok', [STALLED_SWEEP_LOCK]);
+      return rows[0]!.ok ? findStalled(client, stalledAfterMs, 100) : [];
+    });
+    for (const b of stalled) {
       try {
         await deps.broker.publishJob({ messageId: b.messageId, attempt: 0 });
         await markRelayed(deps.db, b.messageId);

@@ -1,0 +1,164 @@
+/**
+ * Load generator of `npm run bench`, run as its own process so it does not share an event loop with
+ * what it measures. Internal: started by scripts/bench.ts with one JSON argument, prints one JSON line.
+ *
+ * - mode "http": POSTs fifty-domain callbacks to the API with `concurrency` requests in flight
+ *   (keep-alive sockets), for `warmupMs` unmeasured and then `durationMs` measured.
+ * - mode "pg": the PostgreSQL ceiling: the same rows in the same transaction shape as the API's ingest
+ *   (the service's own recordCallback: audit + batch + one row per domain, one transaction, default
+ *   synchronous_commit), with `concurrency` transactions in flight, and nothing else.
+ */
+import http from 'node:http';
+import os from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { createLogger } from '../../src/lib/logger.js';
+import { createDb, withTransaction } from '../../src/store/db.js';
+import { recordCallback } from '../../src/store/ledger.js';
+import { cpuMs, machineCpu } from './support.js';
+
+export interface LoadConfig {
+  mode: 'http' | 'pg';
+  /** API base URL (http mode). */
+  url?: string;
+  callbackToken?: string;
+  /** Database URL (pg mode). */
+  databaseUrl?: string;
+  concurrency: number;
+  /** A process (the API) whose CPU use over the measured window is reported. */
+  watchPid?: number;
+  warmupMs: number;
+  durationMs: number;
+  domainsPerCallback: number;
+}
+
+export interface LoadResult {
+  mode: LoadConfig['mode'];
+  concurrency: number;
+  windowMs: number;
+  /** Successful operations completed inside the measured window. */
+  measured: number;
+  perSec: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  /** Successful operations over the whole run (warm-up included): each one must be in the ledger. */
+  okTotal: number;
+  errors: number;
+  errorSamples: string[];
+  /** CPU time this generator used, as a share of one core over its run. */
+  cpuPercent: number;
+  /** Over the measured window: the whole machine's CPU use (all cores = 100 %) and the watched process's (one core = 100 %). */
+  machineCpuPercent: number;
+  watchedCpuPercent?: number;
+  /** Machine CPU time (all processes, all cores) per successful operation in the window. */
+  machineCpuMsPerOp: number;
+}
+
+const cfg = JSON.parse(process.argv[2] ?? '{}') as LoadConfig;
+const tag = randomBytes(4).toString('hex');
+let seq = 0;
+/** `pm` + 32 hex digits, unique per generator process and call. */
+const nextHex = (): string => `${tag}${(seq++).toString(16).padStart(24, '0')}`;
+
+// The body is built once as a template; only the 32-hex part changes per call.
+const domainsOf = (hex: string) => Array.from({ length: cfg.domainsPerCallback }, (_, i) => `d${i}.${hex}.bench.example.com`);
+const template = JSON.stringify({
+  data: domainsOf('@H@').map((targetName) => ({ percent: 1.0, process: false, reqType: 'SELF_DOMAIN_DELETE', targetName })),
+  messageId: 'pm@H@',
+}).split('@H@');
+
+function httpOp(): () => Promise<void> {
+  const target = new URL('/api/pm/pipe/callback', cfg.url);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.concurrency });
+  return () => new Promise<void>((resolve, reject) => {
+    const body = template.join(nextHex());
+    const req = http.request({
+      agent, hostname: target.hostname, port: target.port, path: target.pathname, method: 'POST',
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-callback-token': cfg.callbackToken ?? '' },
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { text += c; });
+      res.on('end', () => (res.statusCode === 200 && text.includes('"success":true') ? resolve() : reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`))));
+      res.on('error', reject);
+    });
+    req.setTimeout(30_000, () => req.destroy(new Error('no reply within 30 s')));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+function pgOp(): { op: () => Promise<void>; close: () => Promise<void> } {
+  const db = createDb({ databaseUrl: cfg.databaseUrl!, databasePoolSize: cfg.concurrency, databaseStatementTimeoutMs: 10_000 }, createLogger({ level: 'error' }));
+  const op = async () => {
+    const hex = nextHex();
+    const body = JSON.parse(template.join(hex)) as { messageId: string };
+    const items = domainsOf(hex).map((domain) => ({ domain, reqType: 'SELF_DOMAIN_DELETE', supported: true }));
+    await withTransaction(db, (client) => recordCallback(client, { messageId: body.messageId, remoteAddr: '127.0.0.1', body, items }));
+  };
+  return { op, close: () => db.end() };
+}
+
+async function main(): Promise<LoadResult> {
+  const { op, close } = cfg.mode === 'pg' ? pgOp() : { op: httpOp(), close: async () => undefined };
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const measureFrom = t0 + cfg.warmupMs;
+  const end = measureFrom + cfg.durationMs;
+  const latencies: number[] = [];
+  // CPU readings at the edges of the measured window (Linux /proc).
+  const reading = () => ({ at: performance.now(), machine: machineCpu(), watched: cfg.watchPid ? cpuMs(cfg.watchPid) : undefined });
+  let first: ReturnType<typeof reading> | undefined;
+  let last: ReturnType<typeof reading> | undefined;
+  const t1 = setTimeout(() => { first = reading(); }, cfg.warmupMs);
+  const t2 = setTimeout(() => { last = reading(); }, cfg.warmupMs + cfg.durationMs);
+  let okTotal = 0;
+  let errors = 0;
+  const errorSamples: string[] = [];
+
+  const loop = async () => {
+    while (performance.now() < end) {
+      const started = performance.now();
+      try {
+        await op();
+        okTotal += 1;
+        const done = performance.now();
+        if (done >= measureFrom && done <= end) latencies.push(done - started);
+      } catch (err) {
+        errors += 1;
+        if (errorSamples.length < 5) errorSamples.push((err as Error).message);
+        await new Promise((r) => setTimeout(r, 10)); // a dead target must not turn into a hot loop
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: cfg.concurrency }, loop));
+  const cpu = process.cpuUsage(cpu0);
+  const wall = performance.now() - t0;
+  clearTimeout(t1);
+  clearTimeout(t2);
+  first ??= reading();
+  last ??= reading();
+  const busyShare = (last.machine.busy - first.machine.busy) / (last.machine.total - first.machine.total);
+  const windowWall = last.at - first.at;
+  await close();
+  latencies.sort((a, b) => a - b);
+  const q = (p: number) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.ceil(p * latencies.length) - 1)]! : NaN;
+  return {
+    mode: cfg.mode, concurrency: cfg.concurrency, windowMs: cfg.durationMs, measured: latencies.length,
+    perSec: latencies.length / (cfg.durationMs / 1000), p50Ms: q(0.5), p90Ms: q(0.9), p99Ms: q(0.99), maxMs: latencies.at(-1) ?? NaN,
+    okTotal, errors, errorSamples, cpuPercent: ((cpu.user + cpu.system) / 1000 / wall) * 100,
+    machineCpuPercent: busyShare * 100,
+    watchedCpuPercent: first.watched !== undefined && last.watched !== undefined ? ((last.watched - first.watched) / windowWall) * 100 : undefined,
+    machineCpuMsPerOp: (busyShare * os.cpus().length * windowWall) / Math.max(1, latencies.length),
+  };
+}
+
+main().then((r) => {
+  process.stdout.write(`${JSON.stringify(r)}\n`);
+  process.exit(0);
+}, (err: unknown) => {
+  process.stderr.write(`load generator failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
