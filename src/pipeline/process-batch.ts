@@ -17,7 +17,7 @@ import type { Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
 import { lookupDomains } from '../store/inventory.js';
 import {
-  claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, renewClaims, setUserIds, settleDomains, settleSucceeded,
+  claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, renewClaims, settleDomains, settleSucceeded,
   type DomainStatus, type StatusCounts,
 } from '../store/ledger.js';
 import { MESSAGE_ID } from './callback-input.js';
@@ -192,16 +192,18 @@ export async function processBatch(deps: ProcessDeps, messageId: string, log: Lo
 /** Resolves the claimed domains against the inventory and deletes the known ones in one call. */
 async function processChunk(deps: ProcessDeps, outcome: Outcomes, domains: string[]): Promise<void> {
   const inventory = await lookupDomains(deps.db, domains);
+  const unknown: string[] = [];
+  const alreadyDeleted = new Map<string, string[]>(); // note → domains
   const toSend: { domain: string; userIdCdn: string }[] = [];
   for (const domain of domains) {
     const inv = inventory.get(domain);
-    if (!inv) await outcome.settle([domain], 'unknown_domain', 'not in the domain inventory (cdn_domain)');
-    else if (inv.status === 'deleted') await outcome.succeeded([domain], `already deleted by ${inv.deletedByMessageId ?? 'an earlier run'}`);
+    if (!inv) unknown.push(domain);
+    else if (inv.status === 'deleted') groupInto(alreadyDeleted, `already deleted by ${inv.deletedByMessageId ?? 'an earlier run'}`, domain);
     else toSend.push({ domain, userIdCdn: inv.userIdCdn });
   }
-  if (toSend.length === 0) return;
-  await setUserIds(deps.db, outcome.messageId, toSend);
-  await sendChunk(deps, outcome, toSend);
+  if (unknown.length > 0) await outcome.settle(unknown, 'unknown_domain', 'not in the domain inventory (cdn_domain)');
+  for (const [note, group] of alreadyDeleted) await outcome.succeeded(group, note);
+  if (toSend.length > 0) await sendChunk(deps, outcome, toSend);
 }
 
 async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: string; userIdCdn: string }[]): Promise<void> {
@@ -212,9 +214,9 @@ async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: 
   try {
     res = await deps.tokens.withToken(async (token, generation) => {
       // Getting a token can take a while; send only what this pass still holds, with a fresh lease.
-      const held = new Set(await renewClaims(deps.db, outcome.messageId, outcome.claimer, domains, deps.config.domainLeaseMs));
+      const held = new Set(await renewClaims(deps.db, outcome.messageId, outcome.claimer, chunk, deps.config.domainLeaseMs));
       byId = new Map();
-      for (const c of chunk) if (held.has(c.domain)) byId.set(c.userIdCdn, [...(byId.get(c.userIdCdn) ?? []), c.domain]);
+      for (const c of chunk) if (held.has(c.domain)) groupInto(byId, c.userIdCdn, c.domain);
       if (byId.size === 0) return { succeeded: [], failed: [] };
       return deps.secplat.deleteUsers(token, generation, [...byId.keys()]);
     });
@@ -231,7 +233,15 @@ async function sendChunk(deps: ProcessDeps, outcome: Outcomes, chunk: { domain: 
   // Recorded outside the try: a database error here must not turn a confirmed deletion into "retryable";
   // it propagates, the job is retried, and the claim expires.
   await outcome.succeeded(res.succeeded.flatMap((id) => byId.get(id) ?? []));
-  for (const f of res.failed) await outcome.settle(byId.get(f.userIdCdn) ?? [], 'failed', `security platform: ${f.reason}`);
+  const failedByReason = new Map<string, string[]>();
+  for (const f of res.failed) for (const d of byId.get(f.userIdCdn) ?? []) groupInto(failedByReason, `security platform: ${f.reason}`, d);
+  for (const [reason, group] of failedByReason) await outcome.settle(group, 'failed', reason);
+}
+
+function groupInto<K>(map: Map<K, string[]>, key: K, value: string): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
 }
 
 /** Records outcomes for one batch pass, logs one line per domain and remembers what needs an alarm. */

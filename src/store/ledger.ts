@@ -8,8 +8,6 @@ import { withTransaction } from './db.js';
 
 export const DOMAIN_STATUSES = ['pending', 'in_progress', 'succeeded', 'failed', 'retryable', 'unsupported', 'unknown_domain'] as const;
 export type DomainStatus = (typeof DOMAIN_STATUSES)[number];
-/** Statuses a worker may pick up without an operator. */
-export const OPEN_STATUSES: DomainStatus[] = ['pending', 'retryable'];
 
 export interface IncomingItem { domain: string; reqType: string; supported: boolean }
 
@@ -173,31 +171,37 @@ export async function claimDomains(
   opts: { workerId: string; leaseMs: number; limit: number; exclude: string[] },
 ): Promise<DomainRow[]> {
   const { rows } = await db.query<DomainRow>(
-    `UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
-            claimed_until = now() + make_interval(secs => $3::double precision / 1000),
-            attempts = attempts + 1, updated_at = now()
-     WHERE (message_id, domain) IN (
-       SELECT message_id, domain FROM batch_domain
-       WHERE message_id = $1 AND NOT (domain = ANY($5))
-         AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
-       ORDER BY domain LIMIT $4 FOR UPDATE SKIP LOCKED)
-     RETURNING ${DOMAIN_COLUMNS}`,
+    `WITH claimed AS (
+       UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
+              claimed_until = now() + make_interval(secs => $3::double precision / 1000),
+              attempts = attempts + 1, updated_at = now()
+       WHERE (message_id, domain) IN (
+         SELECT message_id, domain FROM batch_domain
+         WHERE message_id = $1 AND NOT (domain = ANY($5))
+           AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
+         ORDER BY domain LIMIT $4 FOR UPDATE SKIP LOCKED)
+       RETURNING *),
+     run AS (UPDATE batch SET last_run_at = now() WHERE message_id = $1 AND EXISTS (SELECT 1 FROM claimed))
+     SELECT ${DOMAIN_COLUMNS} FROM claimed`,
     [messageId, opts.workerId, opts.leaseMs, opts.limit, opts.exclude],
   );
-  if (rows.length > 0) await db.query('UPDATE batch SET last_run_at = now() WHERE message_id = $1', [messageId]);
   return rows;
 }
 
 /**
- * Extends a claimer's lease right before it sends, and returns the domains it still holds: a lease that
- * lapsed while the worker waited (e.g. for a token) may already belong to another worker.
+ * Extends a claimer's lease right before it sends (and records each domain's user_id_cdn for operators),
+ * returning the domains it still holds: a lease that lapsed while the worker waited (e.g. for a token) may
+ * already belong to another worker.
  */
-export async function renewClaims(db: Queryable, messageId: string, claimer: string, domains: string[], leaseMs: number): Promise<string[]> {
+export async function renewClaims(
+  db: Queryable, messageId: string, claimer: string, chunk: { domain: string; userIdCdn: string }[], leaseMs: number,
+): Promise<string[]> {
   const { rows } = await db.query<{ domain: string }>(
-    `UPDATE batch_domain SET claimed_until = now() + make_interval(secs => $4::double precision / 1000)
-     WHERE message_id = $1 AND domain = ANY($2) AND status = 'in_progress' AND claimed_by = $3
-     RETURNING domain`,
-    [messageId, domains, claimer, leaseMs],
+    `UPDATE batch_domain b SET claimed_until = now() + make_interval(secs => $5::double precision / 1000), user_id_cdn = x.u
+     FROM unnest($2::text[], $3::text[]) AS x(d, u)
+     WHERE b.message_id = $1 AND b.domain = x.d AND b.status = 'in_progress' AND b.claimed_by = $4
+     RETURNING b.domain`,
+    [messageId, chunk.map((c) => c.domain), chunk.map((c) => c.userIdCdn), claimer, leaseMs],
   );
   return rows.map((r) => r.domain);
 }
@@ -259,16 +263,6 @@ export async function settleSucceeded(db: Db, messageId: string, domains: string
       [messageId, domains],
     );
   });
-}
-
-/** Remembers the security platform's id for each domain on its ledger row (for operators). */
-export async function setUserIds(db: Queryable, messageId: string, pairs: { domain: string; userIdCdn: string }[]): Promise<void> {
-  if (pairs.length === 0) return;
-  await db.query(
-    `UPDATE batch_domain b SET user_id_cdn = x.u FROM unnest($2::text[], $3::text[]) AS x(d, u)
-     WHERE b.message_id = $1 AND b.domain = x.d`,
-    [messageId, pairs.map((p) => p.domain), pairs.map((p) => p.userIdCdn)],
-  );
 }
 
 /**
