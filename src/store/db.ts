@@ -32,7 +32,11 @@ export async function withTransaction<T>(db: Db, cb: (client: pg.PoolClient) => 
     return result;
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
-    throw isConnectionError(err) ? new DependencyUnavailableError('postgres', `PostgreSQL unavailable: ${(err as Error).message}`, err) : err;
+    if (isConnectionError(err)) throw new DependencyUnavailableError('postgres', `PostgreSQL unavailable: ${(err as Error).message}`, err);
+    // A deadlock or serialization failure is transient: the caller (e.g. the vendor, via a 503) retries.
+    const code = (err as { code?: string }).code;
+    if (code === '40P01' || code === '40001') throw new DependencyUnavailableError('postgres', `transaction conflict (${code}); retry`, err);
+    throw err;
   } finally {
     client.release();
   }

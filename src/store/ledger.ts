@@ -171,20 +171,20 @@ export async function claimDomains(
   opts: { workerId: string; leaseMs: number; limit: number; exclude: string[] },
 ): Promise<DomainRow[]> {
   const { rows } = await db.query<DomainRow>(
-    `WITH claimed AS (
-       UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
-              claimed_until = now() + make_interval(secs => $3::double precision / 1000),
-              attempts = attempts + 1, updated_at = now()
-       WHERE (message_id, domain) IN (
-         SELECT message_id, domain FROM batch_domain
-         WHERE message_id = $1 AND NOT (domain = ANY($5))
-           AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
-         ORDER BY domain LIMIT $4 FOR UPDATE SKIP LOCKED)
-       RETURNING *),
-     run AS (UPDATE batch SET last_run_at = now() WHERE message_id = $1 AND EXISTS (SELECT 1 FROM claimed))
-     SELECT ${DOMAIN_COLUMNS} FROM claimed`,
+    `UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
+            claimed_until = now() + make_interval(secs => $3::double precision / 1000),
+            attempts = attempts + 1, updated_at = now()
+     WHERE (message_id, domain) IN (
+       SELECT message_id, domain FROM batch_domain
+       WHERE message_id = $1 AND NOT (domain = ANY($5))
+         AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
+       ORDER BY domain LIMIT $4 FOR UPDATE SKIP LOCKED)
+     RETURNING ${DOMAIN_COLUMNS}`,
     [messageId, opts.workerId, opts.leaseMs, opts.limit, opts.exclude],
   );
+  // A statement of its own, not one with the claim: ingest locks the batch row and then domain rows, so
+  // holding domain rows while waiting for the batch row would deadlock with a merging callback.
+  if (rows.length > 0) await db.query('UPDATE batch SET last_run_at = now() WHERE message_id = $1', [messageId]);
   return rows;
 }
 
