@@ -50,7 +50,7 @@ async function waitForBatches(ctx: AppContext, ids: string[], timeoutMs: number)
 await runCli(async () => {
   const program = createProgram('replay', 'Re-open the failed, retryable and stuck domains of callback batches and queue their jobs again.')
     .argument('<messageId...>', 'messageIds of the batches to replay')
-    .option('--all', 'also re-open unknown_domain and unsupported domains (e.g. after importing missing domains)')
+    .option('--all', 'also re-open unknown_domain domains (e.g. after importing missing domains); unsupported ones (a reqType other than SELF_DOMAIN_DELETE) are never re-opened')
     .option('--dry-run', 'only show which domains would be re-opened; change nothing')
     .option('--wait', 'wait until the replayed batches have no pending, in-progress or retryable domain, then print their outcome')
     .option('--timeout <sec>', 'with --wait: give up after this many seconds', integer(1), 300)

@@ -18,9 +18,9 @@ import { raiseAlarm } from '../store/alarms.js';
 import { lookupDomains } from '../store/inventory.js';
 import {
   claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, renewClaims, settleDomains, settleSucceeded,
-  type DomainStatus, type StatusCounts,
+  type DomainRow, type DomainStatus, type StatusCounts,
 } from '../store/ledger.js';
-import { MESSAGE_ID } from './callback-input.js';
+import { MESSAGE_ID, SUPPORTED_REQ_TYPES } from './callback-input.js';
 
 export interface ProcessDeps {
   db: Db;
@@ -169,7 +169,7 @@ export async function processBatch(deps: ProcessDeps, messageId: string, log: Lo
         if (claimed.length === 0) return false;
         claimedTotal += claimed.length;
         tried.push(...claimed.map((d) => d.domain));
-        await processChunk(deps, outcome, claimed.map((d) => d.domain));
+        await processChunk(deps, outcome, claimed);
         return true;
       });
       if (!more) return;
@@ -190,7 +190,17 @@ export async function processBatch(deps: ProcessDeps, messageId: string, log: Lo
 }
 
 /** Resolves the claimed domains against the inventory and deletes the known ones in one call. */
-async function processChunk(deps: ProcessDeps, outcome: Outcomes, domains: string[]): Promise<void> {
+async function processChunk(deps: ProcessDeps, outcome: Outcomes, claimed: Pick<DomainRow, 'domain' | 'reqType'>[]): Promise<void> {
+  // Checked here, where the call is built, not only at intake: whatever re-opened a row (a replay, the
+  // stalled sweep, a redelivery, a hand-edited row), only a requested deletion ever reaches the platform.
+  const notDeletions = new Map<string, string[]>(); // note → domains
+  const domains: string[] = [];
+  for (const c of claimed) {
+    if (SUPPORTED_REQ_TYPES.has(c.reqType)) domains.push(c.domain);
+    else groupInto(notDeletions, `unsupported reqType ${c.reqType}: never sent to the security platform`, c.domain);
+  }
+  for (const [note, group] of notDeletions) await outcome.settle(group, 'unsupported', note);
+  if (domains.length === 0) return;
   const inventory = await lookupDomains(deps.db, domains);
   const unknown: string[] = [];
   const alreadyDeleted = new Map<string, string[]>(); // note → domains

@@ -267,10 +267,11 @@ export async function settleSucceeded(db: Db, messageId: string, domains: string
 
 /**
  * Re-opens domains for a replay: failed, retryable and stuck ones (in progress past their lease, or
- * pending); with `all`, also unknown_domain and unsupported. Succeeded domains are never re-opened.
+ * pending); with `all`, also unknown_domain (e.g. after an inventory import). Succeeded domains are never
+ * re-opened, and neither are unsupported ones: the vendor did not ask for a deletion (e.g. SELF_DOMAIN_ADD).
  */
 export async function reopenForReplay(db: Queryable, messageIds: string[], all: boolean, dryRun: boolean): Promise<DomainRow[]> {
-  const statuses = all ? ['failed', 'retryable', 'unknown_domain', 'unsupported'] : ['failed', 'retryable'];
+  const statuses = all ? ['failed', 'retryable', 'unknown_domain'] : ['failed', 'retryable'];
   const where = `message_id = ANY($1) AND (status = ANY($2) OR status = 'pending'
                  OR (status = 'in_progress' AND claimed_until < now()))`;
   if (dryRun) {
