@@ -1,22 +1,61 @@
 /**
- * Runs the service (src/main.ts) as a real child process and waits until it serves HTTP. Used by the
- * demo and by the tests that need several processes.
+ * Runs the service as a real child process and waits until it serves HTTP. Used by the demo and by the
+ * tests that need several processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
-export interface ServiceProcess { proc: ChildProcess; port: number; url: string; logs: string[]; stop(signal?: NodeJS.Signals): Promise<number | null> }
+/**
+ * How the service is started:
+ * - `sources`: `node --import tsx src/main.ts` (development, tests, demo);
+ * - `production`: `node dist/src/main.js`, the README's production command (run `npm run build` first);
+ * - `npm-start`: `npm start`, which builds and then runs the production command under npm.
+ */
+export type StartCommand = 'sources' | 'production' | 'npm-start';
 
-/** Runs `src/main.ts` as a real process and waits until it serves HTTP. */
-export async function spawnService(env: Record<string, string>, opts: { onLine?: (line: string) => void } = {}): Promise<ServiceProcess> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: new URL('../', import.meta.url).pathname,
-    env: { PATH: process.env.PATH, ...env },
+export interface ServiceProcess {
+  /** The spawned process: node itself, or npm for `npm-start`. */
+  proc: ChildProcess;
+  /** The pid of the node process that runs the service (from its "http listening" line). */
+  pid: number;
+  port: number;
+  url: string;
+  logs: string[];
+  /** Resolves when the service's node process has exited (its output closed), with the spawned process's exit code. */
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Signals the whole process group, as systemd (KillMode=control-group) and a terminal's Ctrl-C do; needs `detached`. */
+  signalGroup(signal: NodeJS.Signals): void;
+}
+
+export const ROOT = fileURLToPath(new URL('../', import.meta.url));
+
+const COMMANDS: Record<StartCommand, [string, string[]]> = {
+  sources: [process.execPath, ['--import', 'tsx', 'src/main.ts']],
+  production: [process.execPath, ['dist/src/main.js']],
+  'npm-start': ['npm', ['start']],
+};
+
+/** Runs the service and waits until it serves HTTP. `detached` puts it in a process group of its own. */
+export async function spawnService(
+  env: Record<string, string>,
+  opts: { onLine?: (line: string) => void; command?: StartCommand; detached?: boolean } = {},
+): Promise<ServiceProcess> {
+  const [cmd, args] = COMMANDS[opts.command ?? 'sources'];
+  const proc = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: opts.detached ?? false,
   });
   const logs: string[] = [];
   let buf = '';
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  const port = await new Promise<number>((resolve, reject) => {
+  const exitCode = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  // Under npm the node process may outlive npm (npm exits at once on SIGTERM): its stdout closing tells
+  // when the service itself has gone.
+  const outputClosed = new Promise<void>((resolve) => proc.stdout!.once('close', () => resolve()));
+  const exited = Promise.all([exitCode, outputClosed]).then(([code]) => code);
+  const started = await new Promise<{ port: number; pid: number }>((resolve, reject) => {
     const onData = (chunk: Buffer) => {
       buf += chunk.toString();
       let nl;
@@ -25,20 +64,26 @@ export async function spawnService(env: Record<string, string>, opts: { onLine?:
         buf = buf.slice(nl + 1);
         logs.push(line);
         opts.onLine?.(line);
-        if (line.includes('"http listening"')) resolve((JSON.parse(line) as { port: number }).port);
+        if (line.includes('"http listening"')) {
+          const { port, pid } = JSON.parse(line) as { port: number; pid: number };
+          resolve({ port, pid });
+        }
       }
     };
     proc.stdout!.on('data', onData);
     proc.stderr!.on('data', (c: Buffer) => logs.push(c.toString()));
-    void exited.then((code) => reject(new Error(`service exited with ${code} before listening:\n${logs.join('\n')}`)));
-    setTimeout(() => reject(new Error(`service did not start in 30 s:\n${logs.join('\n')}`)), 30_000).unref();
+    void exitCode.then((code) => reject(new Error(`service exited with ${code} before listening:\n${logs.join('\n')}`)));
+    setTimeout(() => reject(new Error(`service did not start in 60 s:\n${logs.join('\n')}`)), 60_000).unref();
   });
   return {
-    proc, port, url: `http://127.0.0.1:${port}`, logs,
+    proc, ...started, url: `http://127.0.0.1:${started.port}`, logs, exited,
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
       proc.kill(signal);
       return exited;
+    },
+    signalGroup(signal) {
+      process.kill(-proc.pid!, signal);
     },
   };
 }

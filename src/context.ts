@@ -30,6 +30,8 @@ export interface AppContext {
   /** Aborted by stopWork(): in-flight jobs stop starting new calls and hand unsent domains back. */
   shutdownSignal: AbortSignal;
   stopWork(): void;
+  /** Cuts every security-platform call still in flight (shutdown's deadline); their domains become retryable. */
+  cutCalls(): void;
   release(): Promise<void>;
 }
 
@@ -39,6 +41,7 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
   const releasers = new Releasers();
   const metrics = createMetrics();
   const abort = new AbortController();
+  const cut = new AbortController();
 
   const db = createDb(config, logger);
   releasers.add('postgres', () => db.end());
@@ -61,6 +64,7 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
   const secplat = createSecplatClient({
     baseUrl: config.secplatBaseUrl, clientId: config.secplatClientId, username: config.secplatUsername,
     password: config.secplatPassword, timeoutMs: config.secplatTimeoutMs, maxSockets: config.secplatConcurrency * 2,
+    signal: cut.signal,
   });
   releasers.add('secplat http agent', () => secplat.close());
 
@@ -84,6 +88,7 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
     secplatLimit: pLimit(config.secplatConcurrency),
     shutdownSignal: abort.signal,
     stopWork: () => abort.abort(),
+    cutCalls: () => cut.abort(),
     release: () => releasers.releaseAll(logger, config.shutdownTimeoutMs),
   };
 }

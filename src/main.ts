@@ -45,26 +45,49 @@ export async function startService(config: Config, ctx: AppContext = createConte
     server.closeIdleConnections();
   }));
   // Registered last so it is released first: the worker stops claiming at once, not after HTTP drains.
-  if (runWorker) {
-    releasers.add('worker', async () => {
-      // Take no new job, start no new call; calls in flight finish (each has its own timeout) and the
-      // unfinished rest of their jobs goes back to the queue.
-      await ctx.broker.cancelConsumer();
-      ctx.stopWork();
-      await ctx.broker.drain();
-    });
-  }
+  if (runWorker) releasers.add('worker', () => drainWorker(ctx));
 
   const port = (server.address() as AddressInfo).port;
-  logger.info('http listening', { port, role: config.role, instanceId: config.instanceId });
+  logger.info('http listening', { port, role: config.role, instanceId: config.instanceId, pid: process.pid });
   return { ctx, port, stop: () => ctx.release() };
+}
+
+/**
+ * Takes no new job and starts no new call; calls in flight finish (each has its own timeout) and the
+ * unfinished rest of their jobs goes back to the queue. Shortly before SHUTDOWN_TIMEOUT_MS the calls still
+ * in flight are cut, so that what the platform has answered, and the cut calls as retryable, is written
+ * while PostgreSQL is still open: a lapsed claim would make another worker delete them a second time.
+ */
+async function drainWorker(ctx: AppContext): Promise<void> {
+  const { broker, config, logger } = ctx;
+  await broker.cancelConsumer();
+  ctx.stopWork();
+  // Time kept after the cut for the settling writes and the broker's nacks.
+  const reserveMs = Math.min(3000, Math.floor(config.shutdownTimeoutMs / 4));
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'deadline'>((resolve) => { timer = setTimeout(() => resolve('deadline'), config.shutdownTimeoutMs - reserveMs); });
+  const drained = await Promise.race([broker.drain().then(() => 'drained' as const), deadline]);
+  clearTimeout(timer);
+  if (drained === 'deadline') {
+    logger.warn('shutdown deadline near: cutting the security-platform calls still in flight; their domains are retried by another worker', { reserveMs });
+    ctx.cutCalls();
+    await broker.drain();
+  }
+}
+
+/** Lets winston write its last lines before the process exits (bounded: a stuck pipe must not hold the exit). */
+async function flushLogs(logger: ReturnType<typeof createLogger>): Promise<void> {
+  await Promise.race([
+    new Promise<void>((resolve) => { logger.once('finish', () => resolve()); logger.end(); }),
+    new Promise<void>((resolve) => { setTimeout(resolve, 1000).unref(); }),
+  ]);
 }
 
 class StartupError extends Error {}
 
 function usage(): string {
   const rows = Object.values(configKeys).map(([env, doc]) => `  ${env.padEnd(30)} ${doc}`);
-  return ['Usage: npm start   (or: node --import tsx src/main.ts)', '',
+  return ['Usage: node dist/src/main.js   (npm start builds first; npm run dev runs the sources with tsx)', '',
     'Runs the callback API and/or the deletion workers. Configured only through environment variables',
     '(defaults in config/default.json); SIGTERM or SIGINT shuts down gracefully.', '', 'Environment:', ...rows, ''].join('\n');
 }
@@ -89,14 +112,30 @@ async function main(): Promise<void> {
     logger.warn('CALLBACK_AUTH=none: the callback endpoint accepts requests from anyone. Never run like this in production.');
   }
   const ctx = createContext(config, { logger });
-  const shutdown = (signal: string) => {
-    logger.info('shutting down', { signal });
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    // A process manager signals the whole process group (systemd's KillMode=control-group, a terminal's
+    // Ctrl-C) and wrappers forward the same signal again: a second signal must never end the drain, or the
+    // calls in flight go unrecorded and another worker deletes their domains again. Only the deadline does.
+    if (stopping) {
+      logger.warn('already shutting down; signal ignored (SHUTDOWN_TIMEOUT_MS bounds the drain)', { signal });
+      return;
+    }
+    stopping = true;
+    logger.info('shutting down', { signal, deadlineMs: config.shutdownTimeoutMs });
     // The deadline is a promise to the orchestrator: exit even if a releaser hangs.
-    setTimeout(() => process.exit(1), config.shutdownTimeoutMs + 2000).unref();
-    void ctx.release().then(() => process.exit(0));
+    setTimeout(() => {
+      logger.error('shutdown did not finish in time; exiting', { exitCode: 1, afterMs: config.shutdownTimeoutMs + 2000 });
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 2000).unref();
+    void ctx.release().then(async () => {
+      logger.info('shutdown complete', { exitCode: 0 });
+      await flushLogs(logger);
+      process.exit(0);
+    });
   };
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
-  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   process.on('unhandledRejection', (err) => logger.error('unhandled rejection', { err }));
   try {
     await startService(config, ctx);

@@ -175,8 +175,9 @@ export class Broker {
       } else if (d.action === 'park') {
         channel.nack(msg, false, false);
       } else {
-        // A short pause so a failing dependency does not turn into a hot redelivery loop.
-        await new Promise((r) => setTimeout(r, 1000));
+        // A short pause so a failing dependency does not turn into a hot redelivery loop; not while
+        // shutting down (consumer cancelled), where the job goes back at once for another worker.
+        if (this.handler) await new Promise((r) => setTimeout(r, 1000));
         channel.nack(msg, false, true);
       }
     } catch (err) {

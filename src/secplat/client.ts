@@ -22,6 +22,8 @@ export interface SecplatClientOptions {
   password: string;
   timeoutMs: number;
   maxSockets?: number;
+  /** Aborted when shutdown's deadline is reached: every call still in flight is cut. */
+  signal?: AbortSignal;
 }
 
 export function createSecplatClient(opts: SecplatClientOptions): SecplatApi & { close(): void } {
@@ -36,6 +38,7 @@ export function createSecplatClient(opts: SecplatClientOptions): SecplatApi & { 
     // Every status is handled below; axios must not throw on 4xx/5xx.
     validateStatus: () => true,
     maxRedirects: 0,
+    signal: opts.signal,
   });
 
   return {
@@ -82,6 +85,9 @@ async function send<T>(call: () => Promise<T>, what: string): Promise<T> {
     // Timeouts and network failures: the call may or may not have reached the platform; deleting is
     // idempotent there, so retrying later is safe.
     const code = err instanceof AxiosError ? err.code : undefined;
+    if (code === AxiosError.ERR_CANCELED) {
+      throw new SecplatRetryableError(`${what} cut at the shutdown deadline (SHUTDOWN_TIMEOUT_MS); the platform may or may not have acted, so it is retried`, err);
+    }
     throw new SecplatRetryableError(`${what} failed: ${code ?? (err as Error).message}`, err);
   }
 }
