@@ -26,3 +26,16 @@ export async function upsertDomains(db: Queryable, rows: { domain: string; userI
   );
   return rowCount ?? 0;
 }
+
+export interface InventoryDetail { domain: string; userIdCdn: string; status: 'active' | 'deleted'; deletedAt: Date | null; deletedByMessageId: string | null; importedAt: Date }
+
+/** The inventory row of one domain, with when and by which batch it was deleted. */
+export async function getInventory(db: Queryable, domain: string): Promise<InventoryDetail | undefined> {
+  const { rows } = await db.query<InventoryDetail>(
+    `SELECT domain, user_id_cdn AS "userIdCdn", status, deleted_at AS "deletedAt", deleted_by_message_id AS "deletedByMessageId",
+            imported_at AS "importedAt"
+     FROM cdn_domain WHERE domain = $1`,
+    [domain],
+  );
+  return rows[0];
+}

@@ -286,6 +286,21 @@ export async function reopenForReplay(db: Queryable, messageIds: string[], all: 
   return rows.sort((a, b) => a.messageId.localeCompare(b.messageId) || a.domain.localeCompare(b.domain));
 }
 
+export type DomainHistoryRow = DomainRow & { createdAt: Date; batchCreatedAt: Date; callbacks: number };
+
+/** One row per batch that carried the domain, newest first (served by batch_domain_domain, never a scan). */
+export async function batchesOfDomain(db: Queryable, domain: string, limit = 200): Promise<DomainHistoryRow[]> {
+  const { rows } = await db.query<DomainHistoryRow>(
+    `SELECT x.*, b.created_at AS "batchCreatedAt", b.callbacks
+     FROM (SELECT ${DOMAIN_COLUMNS}, created_at AS "createdAt" FROM batch_domain
+           WHERE domain = $1 ORDER BY created_at DESC LIMIT $2) x
+     JOIN batch b ON b.message_id = x."messageId"
+     ORDER BY x."createdAt" DESC`,
+    [domain, limit],
+  );
+  return rows;
+}
+
 export async function existingBatches(db: Queryable, messageIds: string[]): Promise<string[]> {
   const { rows } = await db.query<{ messageId: string }>('SELECT message_id AS "messageId" FROM batch WHERE message_id = ANY($1)', [messageIds]);
   return rows.map((r) => r.messageId);
