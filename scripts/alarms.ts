@@ -5,24 +5,44 @@
 import { InvalidArgumentError } from 'commander';
 import { findAlarms } from '../src/store/alarms.js';
 import { countByStatus, listDomains, type DomainStatus } from '../src/store/ledger.js';
-import { createProgram, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';
+import { createProgram, escapeControl, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';
 
 /** Statuses an operator has to look at: final failures and domains still waiting for a retry. */
 const FAILING: DomainStatus[] = ['failed', 'unknown_domain', 'unsupported', 'retryable'];
 const UNITS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** An ISO date/time ("2024-05-01", "2024-05-01T08:00:00+08:00") or a look-back such as 30m, 6h, 2d. */
+const FORMAT = 'must be an ISO date or date-time (2024-05-01, 2024-05-01T08:00:00Z) or a look-back like 30m, 6h, 2d.';
+
+/**
+ * An ISO date/time ("2024-05-01", "2024-05-01T08:00:00+08:00") or a look-back such as 30m, 6h, 2d, from
+ * 1970 on: alarms are newer than that, and an earlier time (99999999d reaches past year -270000) can fall
+ * outside what JavaScript or PostgreSQL can hold, which used to end in a stack trace.
+ */
 function parseSince(value: string): Date {
-  const rel = /^(\d+)([mhd])$/.exec(value.trim());
-  const d = rel ? new Date(Date.now() - Number(rel[1]) * UNITS[rel[2]!]!) : /^\d{4}-\d{2}-\d{2}/.test(value) ? new Date(value) : new Date(NaN);
-  if (Number.isNaN(d.getTime())) throw new InvalidArgumentError('must be an ISO date or date-time (2024-05-01, 2024-05-01T08:00:00Z) or a look-back like 30m, 6h, 2d.');
-  return d;
+  const text = value.trim();
+  const rel = /^(\d+)([mhd])$/.exec(text);
+  const day = /^(\d{4})-(\d{2})-(\d{2})/.exec(text);
+  let ms: number;
+  if (rel) {
+    ms = Date.now() - Number(rel[1]) * UNITS[rel[2]!]!; // -Infinity for absurdly many digits
+  } else if (day) {
+    // V8 quietly rolls 2024-02-30 over to March 1st; a day that does not exist is a typo.
+    const [y, m, d] = day.slice(1).map(Number) as [number, number, number];
+    const calendar = new Date(Date.UTC(y, m - 1, d));
+    if (calendar.getUTCMonth() !== m - 1 || calendar.getUTCDate() !== d) throw new InvalidArgumentError(FORMAT);
+    ms = new Date(text).getTime();
+  } else {
+    throw new InvalidArgumentError(FORMAT);
+  }
+  if (Number.isNaN(ms)) throw new InvalidArgumentError(FORMAT);
+  if (ms < 0) throw new InvalidArgumentError('must not be before 1970-01-01T00:00:00Z.');
+  return new Date(ms);
 }
 
 await runCli(async () => {
   const program = createProgram('alarms', 'List alarms (sys_task_process_alarm) by messageId and/or time, with each batch\'s counts by status and its failing domains.')
     .argument('[messageId...]', 'only alarms of these batches (exact messageIds, no LIKE)')
-    .option('--since <date>', 'only alarms raised at or after this time: ISO date/date-time or a look-back (30m, 6h, 2d)', parseSince)
+    .option('--since <date>', 'only alarms raised at or after this time: ISO date/date-time from 1970 on, or a look-back (30m, 6h, 2d)', parseSince)
     .option('--limit <n>', 'at most this many alarm rows, newest first', integer(1, 10_000), 100)
     .option('--json', 'print one JSON object {alarms, batches} instead of tables')
     .addHelpText('after', `
@@ -52,7 +72,7 @@ Exit codes: 0 shown (also when nothing matched), 1 a dependency is down, 2 usage
     ));
     if (alarms.length === opts.limit) console.error(`showing the newest ${opts.limit} alarms; raise --limit or narrow --since to see more`);
     for (const b of batches) {
-      console.log(`\nbatch ${b.messageId}: ${formatCounts(b.counts)}`);
+      console.log(`\nbatch ${escapeControl(b.messageId)}: ${formatCounts(b.counts)}`);
       if (b.failing.length > 0) {
         console.log(formatTable(['domain', 'status', 'attempts', 'detail', 'updated'], b.failing.map((d) => [d.domain, d.status, d.attempts, d.detail, d.updatedAt])));
       }

@@ -4,6 +4,7 @@
  * stdout carries only the result (tables or JSON); logs and diagnostics go to stderr.
  */
 import path from 'node:path';
+import { inspect } from 'node:util';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { loadConfig } from '../src/config.js';
 import { createContext, type AppContext } from '../src/context.js';
@@ -36,19 +37,20 @@ export async function runCli(main: () => Promise<number>): Promise<void> {
 function exitCodeOf(err: unknown): number {
   // commander has already printed its message; --help and --version come here with exit code 0.
   if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+  // Messages can quote input (a CSV header, a hostname): escaped like every other line the CLIs print.
   if (err instanceof UsageError || err instanceof ValidationError) {
-    console.error(`${name}: ${err.message}`);
+    console.error(`${name}: ${escapeControl(err.message)}`);
     return 2;
   }
   if (err instanceof ConfigError || err instanceof DependencyUnavailableError) {
-    console.error(`${name}: ${err.message}`);
+    console.error(`${name}: ${escapeControl(err.message)}`);
     return 1;
   }
   if (isConnectionError(err)) {
-    console.error(`${name}: a dependency is not reachable: ${(err as Error).message}`);
+    console.error(`${name}: a dependency is not reachable: ${escapeControl((err as Error).message)}`);
     return 1;
   }
-  console.error(`${name}: unexpected error:`, err);
+  console.error(`${name}: unexpected error: ${inspect(err).split('\n').map(escapeControl).join('\n')}`);
   return 1;
 }
 
@@ -99,14 +101,31 @@ export const integer = (min: number, max = Number.MAX_SAFE_INTEGER) => (value: s
 
 type Cell = string | number | boolean | Date | null | undefined;
 
+// C0 controls, DEL, C1 controls (ESC, CR, CSI U+009B can move the cursor, rewrite or hide earlier output),
+// line/paragraph separators, and the bidi embeddings, overrides and isolates that reorder what follows
+// (https://trojansource.codes). Letters, accents, CJK and emoji, ZWJ sequences included, are untouched.
+const CONTROL = /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu;
+const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * Makes caller-supplied text safe for an operator's terminal: every control character is shown as an
+ * escape (`\x1b`, `\r`, `\u009b`) instead of being interpreted. JSON output needs none: JSON.stringify escapes.
+ */
+export function escapeControl(text: string): string {
+  return text.replace(CONTROL, (c) => {
+    const code = c.charCodeAt(0);
+    return NAMED[c] ?? (code < 0x80 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`);
+  });
+}
+
 /** UTC timestamp to the second: short enough for a table, unambiguous across hosts. */
 export function formatDate(d: Date | null | undefined): string {
   return d ? `${d.toISOString().slice(0, 19).replace('T', ' ')}Z` : '';
 }
 
-/** Aligned plain-text table; numbers right-aligned, line breaks inside cells flattened. */
+/** Aligned plain-text table; numbers right-aligned, line breaks inside cells flattened, control characters escaped. */
 export function formatTable(headers: string[], rows: Cell[][]): string {
-  const text = (c: Cell) => (c instanceof Date ? formatDate(c) : c === null || c === undefined ? '' : String(c).replace(/\s*\n\s*/g, ' '));
+  const text = (c: Cell) => (c instanceof Date ? formatDate(c) : c === null || c === undefined ? '' : escapeControl(String(c).replace(/\s*\n\s*/g, ' ')));
   const cells = rows.map((r) => headers.map((_, i) => text(r[i])));
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]!.length)));
   const line = (r: string[], raw?: Cell[]) => r

@@ -3,7 +3,7 @@
  * row and every batch that carried it, with the outcome, attempts and detail in each.
  */
 import { domainReport } from '../src/ops/reports.js';
-import { createProgram, formatDate, formatTable, runCli, withContext } from './cli.js';
+import { createProgram, escapeControl, formatDate, formatTable, runCli, withContext } from './cli.js';
 
 await runCli(async () => {
   const program = createProgram('domain', 'Show a domain\'s inventory row and every callback batch that carried it, with its outcome in each.')
@@ -23,9 +23,10 @@ Exit codes: 0 shown, 1 a dependency is down, 2 usage error (not a domain name, o
       return 0;
     }
     const inv = report.inventory;
-    console.log(inv
+    // The inventory's user_id_cdn is imported text: shown escaped, never acted on by the terminal.
+    console.log(escapeControl(inv
       ? `domain ${report.domain}: user_id_cdn ${inv.userIdCdn}, ${inv.status}${inv.status === 'deleted' ? ` at ${formatDate(inv.deletedAt)} by ${inv.deletedByMessageId ?? 'an unknown batch'}` : ''} (imported ${formatDate(inv.importedAt)})`
-      : `domain ${report.domain}: not in the domain inventory (cdn_domain); it cannot be deleted until it is imported`);
+      : `domain ${report.domain}: not in the domain inventory (cdn_domain); it cannot be deleted until it is imported`));
     console.log(report.batches.length === 0 ? 'no batch carried it' : formatTable(
       ['messageId', 'received', 'status', 'attempts', 'reqType', 'detail', 'updated', 'finished'],
       report.batches.map((b) => [b.messageId, b.createdAt, b.status, b.attempts, b.reqType, b.detail, b.updatedAt, b.finishedAt]),

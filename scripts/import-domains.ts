@@ -9,18 +9,24 @@ import { parse, CsvError } from 'csv-parse';
 import { normalizeHostname } from '../src/pipeline/callback-input.js';
 import { withTransaction } from '../src/store/db.js';
 import { upsertDomains } from '../src/store/inventory.js';
-import { createProgram, runCli, UsageError, withContext } from './cli.js';
+import { createProgram, escapeControl, runCli, UsageError, withContext } from './cli.js';
 
 const HEADER = ['domain', 'user_id_cdn'];
 const CHUNK = 1000;
 
 interface Rejected { line: number; reason: string }
 
+// PostgreSQL text cannot hold NUL (the whole import used to fail on one), and other control characters
+// in a user_id_cdn are a corrupt export, not an id the security platform knows.
+const CONTROL = /\p{Cc}/u;
+
 /** A good row, or the reason it is rejected. */
 function checkRow(record: string[], seen: Map<string, number>): { domain: string; userIdCdn: string } | string {
   const [rawDomain = '', userIdCdn = ''] = record;
-  const domain = normalizeHostname(rawDomain);
   if (record.length !== HEADER.length) return `expected ${HEADER.length} columns, got ${record.length}`;
+  const bad = record.findIndex((field) => CONTROL.test(field));
+  if (bad >= 0) return `${HEADER[bad]} contains a control character (${escapeControl(CONTROL.exec(record[bad]!)![0])})`;
+  const domain = normalizeHostname(rawDomain);
   if (!domain) return `"${rawDomain}" is not a valid hostname`;
   if (userIdCdn === '') return 'user_id_cdn is empty';
   if (seen.has(domain)) return `duplicate of line ${seen.get(domain)} (${domain})`;
@@ -68,8 +74,9 @@ await runCli(async () => {
     .argument('<csv>', 'CSV file with the header "domain,user_id_cdn", one domain per line')
     .addHelpText('after', `
 Rows are checked first: the domain must be a valid hostname (stored lower-case, without a trailing dot),
-user_id_cdn must not be empty, and a domain repeated in the file keeps its first line. Good rows are
-inserted or updated (an imported domain is active again); bad rows are listed on stderr by line number.
+user_id_cdn must not be empty, no field may hold a NUL or another control character, and a domain repeated
+in the file keeps its first line. Good rows are inserted or updated (an imported domain is active again);
+bad rows are listed on stderr by line number.
 
 Exit codes: 0 some rows imported, 1 no good rows, 2 usage error (missing or unreadable file, wrong header).`)
     .parse();
@@ -79,7 +86,8 @@ Exit codes: 0 some rows imported, 1 no good rows, 2 usage error (missing or unre
   });
 
   const { good, rejected } = await readRows(file);
-  for (const r of rejected) console.error(`line ${r.line}: ${r.reason}`);
+  // Reasons quote the file (a bad hostname): escape control characters before they reach the terminal.
+  for (const r of rejected) console.error(escapeControl(`line ${r.line}: ${r.reason}`));
   if (good.length > 0) {
     await withContext((ctx) => withTransaction(ctx.db, async (client) => {
       for (let i = 0; i < good.length; i += CHUNK) await upsertDomains(client, good.slice(i, i + CHUNK));

@@ -21,6 +21,12 @@ const RETRY_TIERS_MS = [1000];
 interface Run { code: number; stdout: string; stderr: string }
 
 const hex = (n: number) => randomBytes(n).toString('hex');
+// Control characters a terminal would act on (ESC, CR, NUL, CSI U+009B…); "\n" ends lines and is allowed.
+const RAW_CONTROL = /(?!\n)\p{Cc}/u;
+// What a caller could store: a screen clear and colour (ESC), a carriage return that hides what came
+// before, and a C1 CSI; around it normal Unicode that must come out unchanged.
+const HOSTILE = 'café 東京 🚀 \u001b[2J\u001b[31mred\rover\u009b31m';
+const HOSTILE_SHOWN = 'café 東京 🚀 \\x1b[2J\\x1b[31mred\\rover\\u009b31m';
 const newMessageId = () => `pm${hex(16)}`;
 
 describe('operator CLIs', function () {
@@ -141,6 +147,48 @@ describe('operator CLIs', function () {
       ]);
     });
 
+    it('when a row holds a NUL or another control character, then only that line is rejected by number and the good rows are imported', async () => {
+      const s = hex(4);
+      const file = path.join(tmp, `control-${s}.csv`);
+      await writeFile(file, [
+        'domain,user_id_cdn',
+        `good1-${s}.example.com,uid1`,           // line 2
+        `nul-${s}.example.com,uid\u0000x`,        // line 3: NUL, which PostgreSQL text cannot hold
+        `esc-${s}.example.com,uid\u001b[31mred`,  // line 4: ESC
+        `c1\u0000-${s}.example.com,uid4`,         // line 5: NUL in the domain
+        `csi-${s}.example.com,uid\u009bx`,        // line 6: C1 CSI
+        `good2-${s}.example.com,uid2`,           // line 7
+      ].join('\n'));
+      const r = await run('import-domains', [file]);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout.trim()).to.equal('imported 2, rejected 4');
+      expect(r.stderr).to.contain('line 3: user_id_cdn contains a control character (\\x00)')
+        .and.contain('line 4: user_id_cdn contains a control character (\\x1b)')
+        .and.contain('line 5: domain contains a control character (\\x00)')
+        .and.contain('line 6: user_id_cdn contains a control character (\\u009b)');
+      expect(r.stderr).not.to.match(/\n\s+at /);
+      expect(r.stderr).not.to.match(RAW_CONTROL);
+      expect(await sql('SELECT domain, user_id_cdn FROM cdn_domain WHERE domain LIKE $1 ORDER BY domain', [`%${s}%`])).to.deep.equal([
+        { domain: `good1-${s}.example.com`, user_id_cdn: 'uid1' },
+        { domain: `good2-${s}.example.com`, user_id_cdn: 'uid2' },
+      ]);
+    });
+
+    it('when a bad hostname or the header holds control characters, then stderr shows them escaped', async () => {
+      const file = path.join(tmp, `echo-${hex(4)}.csv`);
+      await writeFile(file, `domain,user_id_cdn\nlocalhost\u001b[2J,u1\n`);
+      const row = await run('import-domains', [file]);
+      expect(row.code).to.equal(1);
+      expect(row.stderr).to.contain('line 2: domain contains a control character (\\x1b)');
+      expect(row.stderr).not.to.match(RAW_CONTROL);
+
+      await writeFile(file, `dom\u001b[2Jain,user_id_cdn\nok.example.com,u1\n`);
+      const header = await run('import-domains', [file]);
+      expect(header.code).to.equal(2);
+      expect(header.stderr).to.contain('got "dom\\x1b[2Jain,user_id_cdn"');
+      expect(header.stderr).not.to.match(RAW_CONTROL);
+    });
+
     it('when a deleted domain is imported again, then it is active with the new user_id_cdn', async () => {
       const domain = `again-${hex(4)}.example.com`;
       await sql(`INSERT INTO cdn_domain (domain, user_id_cdn, status, deleted_at) VALUES ($1, 'old', 'deleted', now())`, [domain]);
@@ -205,6 +253,19 @@ describe('operator CLIs', function () {
       expect(parsed.counts).to.include({ succeeded: 1, failed: 1, pending: 0 });
       expect(parsed.domains.map((d) => d.domain)).to.deep.equal(['ko.example.com', 'ok.example.com']);
     });
+
+    it('when a domain, its user_id_cdn or detail holds ESC, CR or C1 characters, then the table shows them escaped and keeps normal Unicode', async () => {
+      const id = newMessageId();
+      await seedBatch(id, [{ domain: `x\u001b[8m.example.com`, status: 'failed', detail: HOSTILE }]);
+      await sql('UPDATE batch_domain SET user_id_cdn = $2 WHERE message_id = $1', [id, 'uid\r\u009b2J']);
+      const r = await run('status', [id]);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).not.to.match(RAW_CONTROL);
+      expect(r.stdout).to.contain(HOSTILE_SHOWN).and.contain('x\\x1b[8m.example.com').and.contain('uid\\r\\u009b2J');
+
+      const json = await run('status', [id, '--json']);
+      expect((JSON.parse(json.stdout) as { domains: { detail: string }[] }).domains[0]!.detail).to.equal(HOSTILE);
+    });
   });
 
   describe('alarms', () => {
@@ -216,10 +277,11 @@ describe('operator CLIs', function () {
         { domain: 'a-401.example.com', status: 'retryable', detail: '401 after 3 attempts' },
       ]);
       await seedBatch(b, [{ domain: 'b-x.example.com', status: 'unsupported', detail: 'unsupported reqType X' }]);
-      const alarm = (id: string, type: string, content: string, age: string) => sql(
-        `INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, created_at) VALUES ($1, $2, $3, $4, now() - $5::interval)`,
-        [JSON.stringify({ taskId: `${id}_exc`, type: 'DOMAIN_B_PIPE' }), id, type, content, age]);
-      await alarm(a, 'BATCH_FAILURES', 'old a', '3 days');
+      // Only one alarm per batch and type may be active (migration 003): the older one was resolved.
+      const alarm = (id: string, type: string, content: string, age: string, state = 'open') => sql(
+        `INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, created_at, state) VALUES ($1, $2, $3, $4, now() - $5::interval, $6)`,
+        [JSON.stringify({ taskId: `${id}_exc`, type: 'DOMAIN_B_PIPE' }), id, type, content, age, state]);
+      await alarm(a, 'BATCH_FAILURES', 'old a', '3 days', 'resolved');
       await alarm(a, 'BATCH_FAILURES', 'new a', '1 minute');
       await alarm(b, 'UNSUPPORTED_REQ_TYPE', 'new b', '2 minutes');
       await alarm(other, 'BATCH_FAILURES', 'new other', '1 minute');
@@ -250,6 +312,42 @@ describe('operator CLIs', function () {
       const r = await run('alarms', ['--since', 'last tuesday']);
       expect(r.code).to.equal(2);
       expect(r.stderr).to.match(/--since.*must be an ISO date/);
+    });
+
+    it('when --since reaches before 1970 or outside the dates JavaScript and PostgreSQL hold, then it exits 2 with one sentence and no stack trace', async () => {
+      for (const [since, why] of [
+        ['99999999d', /must not be before 1970/], ['1969-12-31', /must not be before 1970/], ['1970-01-01T00:00:00+01:00', /must not be before 1970/],
+        ['-271821-04-20', /must be an ISO date/], ['275760-09-14', /must be an ISO date/], ['2024-02-30', /must be an ISO date/],
+      ] as const) {
+        const r = await run('alarms', ['--since', since]);
+        expect(r.code, `${since}: ${r.stderr}`).to.equal(2);
+        expect(r.stderr, since).to.match(/--since/).and.match(why).and.not.match(/\n\s+at |unexpected error/);
+        expect(r.stdout, since).to.equal('');
+      }
+    });
+
+    it('when --since is a date from 1970 on or a look-back of 30m, 6h or 2d, then alarms are listed', async () => {
+      const id = newMessageId();
+      await sql(`INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content) VALUES ($1, $2, 'JOB_PARKED', 'recent')`,
+        [JSON.stringify({ taskId: `${id}_exc`, type: 'DOMAIN_B_PIPE' }), id]);
+      for (const since of ['1970-01-01', '2024-05-01T08:00:00+08:00', '30m', '6h', '2d']) {
+        const r = await run('alarms', [id, '--since', since, '--json']);
+        expect(r.code, `${since}: ${r.stderr}`).to.equal(0);
+        expect((JSON.parse(r.stdout) as { alarms: { content: string }[] }).alarms.map((a) => a.content), since).to.deep.equal(['recent']);
+      }
+    });
+
+    it('when an alarm\'s messageId, type or content or a failing domain\'s detail holds ESC, CR or C1 characters, then the tables show them escaped', async () => {
+      const id = `${newMessageId()}\u001b[2J`;
+      await seedBatch(id, [{ domain: 'ko.example.com', status: 'failed', detail: HOSTILE }]);
+      await sql(`INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content) VALUES ($1, $2, $3, $4)`,
+        [JSON.stringify({ taskId: `${id}_exc`, type: 'DOMAIN_B_PIPE' }), id, 'BATCH_FAILURES\r', HOSTILE]);
+      const r = await run('alarms', [id]);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).not.to.match(RAW_CONTROL);
+      const shownId = id.replace('\u001b', '\\x1b');
+      expect(r.stdout).to.contain(`batch ${shownId}: total 1: failed 1`).and.contain('BATCH_FAILURES\\r');
+      expect(r.stdout.split(HOSTILE_SHOWN)).to.have.length(3); // once as the alarm content, once as the domain detail
     });
   });
 
@@ -311,14 +409,14 @@ describe('operator CLIs', function () {
       }
     });
 
-    it('when run with --all, then unknown_domain and unsupported domains are re-opened too, never succeeded ones', async () => {
+    it('when run with --all, then unknown_domain domains are re-opened too, never succeeded or unsupported ones', async () => {
       const id = newMessageId();
       await seedBatch(id, mixed());
       brokerTouched = true;
       const r = await run('replay', [id, '--all']);
       expect(r.code, r.stderr).to.equal(0);
       const statuses = (await domainsOf(id)).map((d) => `${d.domain}=${d.status}`);
-      expect(statuses).to.include.members(['done.example.com=succeeded', 'unknown.example.com=pending', 'unsupported.example.com=pending', 'busy.example.com=in_progress']);
+      expect(statuses).to.include.members(['done.example.com=succeeded', 'unknown.example.com=pending', 'unsupported.example.com=unsupported', 'busy.example.com=in_progress']);
     });
 
     it('when --wait sees the re-opened domains succeed, then it prints the final table and exits 0', async () => {

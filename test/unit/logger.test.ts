@@ -80,6 +80,53 @@ describe('logger redaction', function () {
       const v = { messageId: 'pm01', domain: 'a.example.com', counts: { succeeded: 3 }, ok: true, none: null };
       expect(redact(v)).to.deep.equal(v);
     });
+
+    it('when an object has keys apiKey, api_key, x-api-key, jwt, privateKey, private_key, sessionId, session or set-cookie, then their values are replaced', function () {
+      const keys = ['apiKey', 'api_key', 'API_KEY', 'x-api-key', 'X-Api-Key', 'apikey', 'jwt', 'privateKey', 'private_key', 'clientSecret',
+        'client_secret', 'sessionId', 'session', 'cookie', 'set-cookie', 'Set-Cookie', 'db.password', 'SECPLAT_PASSWORD', 'refreshToken'];
+      const out = redact(Object.fromEntries(keys.map((k) => [k, `v-${k}`]))) as Record<string, unknown>;
+      for (const k of keys) expect(out[k], k).to.equal('[redacted]');
+    });
+
+    it('when keys only resemble secret words (passed, compass, tokenizer, bypass) or describe a secret (token_type, jwtExpiresIn, tokenRequests), then their values are kept', function () {
+      const v = { passed: 3, compass: 'north', tokenizer: 'wordpiece', bypass: false, token_type: 'Bearer', jwtExpiresIn: 3600, tokenRequests: 5, privateKeyPath: '/etc/key.pem' };
+      expect(redact(v)).to.deep.equal(v);
+    });
+
+    it('when a string holds "Basic <credentials>", then the credentials are masked and prose about basic auth is kept', function () {
+      expect(redact('sent Authorization: Basic dXNlcjpwYXNz to the platform')).to.equal('sent Authorization: Basic [redacted] to the platform');
+      expect(redact('basic YTpi')).to.equal('basic [redacted]');
+      expect(redact('Basic Authentication required; basic auth failed')).to.equal('Basic Authentication required; basic auth failed');
+    });
+
+    it('when a JSON-ish string holds "access_token":"…", "refresh_token", "password" or "client_secret", then those values are masked and the others kept', function () {
+      expect(redact('token reply {"access_token":"at.1-2","token_type":"Bearer","expires_in":3600,"refresh_token":"rt1"}'))
+        .to.equal('token reply {"access_token":"[redacted]","token_type":"Bearer","expires_in":3600,"refresh_token":"[redacted]"}');
+      expect(redact('{"password" : "p\\"w", "client_secret":"cs1", "user":"app"}')).to.equal('{"password" : "[redacted]", "client_secret":"[redacted]", "user":"app"}');
+      expect(redact('body "{\\"access_token\\":\\"at2\\",\\"expires_in\\":60}"')).to.equal('body "{\\"access_token\\":\\"[redacted]\\",\\"expires_in\\":60}"');
+      expect(redact("config { password: 'pw3', apiKey: 'k3', user: 'app' }")).to.equal("config { password: '[redacted]', apiKey: '[redacted]', user: 'app' }");
+    });
+
+    it('when a string holds api_key=, x-api-key=, jwt=, token= or a cookie pair inside a URL or header, then those values are masked', function () {
+      expect(redact('GET /cb?api_key=k1&page=2&jwt=e.y.j')).to.equal('GET /cb?api_key=[redacted]&page=2&jwt=[redacted]');
+      expect(redact('x-api-key=k2; session=s3; theme=dark')).to.equal('x-api-key=[redacted]; session=[redacted]; theme=dark');
+      expect(redact('{"url":"https://h/x?token=t4"}')).to.equal('{"url":"https://h/x?token=[redacted]"}');
+      expect(redact('password=p,w;d!1\\x user=app')).to.equal('password=[redacted] user=app');
+    });
+
+    it('when a string only mentions secret words in prose (token, password, passed=, tokenGeneration=), then it is unchanged', function () {
+      for (const line of [
+        'token refreshed, generation 3; the password was wrong; token: rejected',
+        'passed=12 compass=north tokenGeneration=4 tokenizer=wordpiece',
+        'a key merely containing token_count=3 in prose',
+      ]) expect(redact(line), line).to.equal(line);
+    });
+
+    it('when a secret sits in an unterminated quote or after a very long dotted name, then it is still masked', function () {
+      expect(redact('cut {"password":"pw-cut')).to.equal('cut {"password":"[redacted]');
+      const long = `${'a.'.repeat(10_000)}password=pw5`;
+      expect(redact(long)).to.equal(`${'a.'.repeat(10_000)}password=[redacted]`);
+    });
   });
 
   describe('a captured logger', function () {
@@ -120,6 +167,17 @@ describe('logger redaction', function () {
     it('when a number sits under "tokenGeneration", then the line keeps it', function () {
       const [line] = logged((l) => l.info('token rejected', { tokenGeneration: 12 }));
       expect(line!.tokenGeneration).to.equal(12);
+    });
+
+    it('when metadata holds apiKey, jwt or privateKey and the message a Basic value or "access_token":"…", then the line masks them and keeps passed and compass', function () {
+      const [line] = logged((l) => l.warn('token reply {"access_token":"tok-7"} after Authorization: Basic dXNlcjpwYXNz', {
+        apiKey: 'k-7', jwt: 'j-7', privateKey: 'pk-7', passed: 2, compass: 'north',
+      }));
+      expect(JSON.stringify(line)).to.not.match(/tok-7|dXNlcjpwYXNz|k-7|j-7|pk-7/);
+      expect(line).to.include({
+        message: 'token reply {"access_token":"[redacted]"} after Authorization: Basic [redacted]',
+        apiKey: '[redacted]', jwt: '[redacted]', privateKey: '[redacted]', passed: 2, compass: 'north',
+      });
     });
 
     it('when a line below the level is logged, then nothing is written', function () {
