@@ -8,7 +8,7 @@ import { inspect } from 'node:util';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { loadConfig } from '../src/config.js';
 import { createContext, type AppContext } from '../src/context.js';
-import { AppError, ConfigError, DependencyUnavailableError, ValidationError } from '../src/lib/errors.js';
+import { AppError, ConfigError, DependencyUnavailableError, NotFoundError, ValidationError } from '../src/lib/errors.js';
 import { createLogger, redactUrl } from '../src/lib/logger.js';
 import { isConnectionError } from '../src/store/db.js';
 import { DOMAIN_STATUSES, type StatusCounts } from '../src/store/ledger.js';
@@ -38,7 +38,7 @@ function exitCodeOf(err: unknown): number {
   // commander has already printed its message; --help and --version come here with exit code 0.
   if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
   // Messages can quote input (a CSV header, a hostname): escaped like every other line the CLIs print.
-  if (err instanceof UsageError || err instanceof ValidationError) {
+  if (err instanceof UsageError || err instanceof ValidationError || err instanceof NotFoundError) {
     console.error(`${name}: ${escapeControl(err.message)}`);
     return 2;
   }

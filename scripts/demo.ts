@@ -31,6 +31,8 @@ await runCli(async () => {
   const base = loadConfig(process.env, { CALLBACK_AUTH: 'none' });
   const password = 'demo-secplat-password';
   const callbackToken = 'demo-callback-token';
+  // A demo credential for the operator routes (never use it outside the demo).
+  const adminToken = 'demo-admin-token-0000';
   const prefix = 'pcp-demo';
   const say = (s: string) => process.stdout.write(`${s}\n`);
 
@@ -41,7 +43,7 @@ await runCli(async () => {
   const env: Record<string, string> = {
     DATABASE_URL: base.databaseUrl, REDIS_URL: base.redisUrl, RABBITMQ_URL: base.rabbitmqUrl,
     AMQP_PREFIX: prefix, REDIS_KEY_PREFIX: prefix, CALLBACK_TOKEN: callbackToken, SECPLAT_BASE_URL: simUrl,
-    SECPLAT_PASSWORD: password, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', RETRY_TIERS_MS: '1000,5000,15000',
+    SECPLAT_PASSWORD: password, ADMIN_TOKEN: adminToken, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', RETRY_TIERS_MS: '1000,5000,15000',
   };
 
   // Sample inventory, imported with the real import command.
@@ -109,12 +111,14 @@ await runCli(async () => {
       say(ok
         ? `\nIncident handled: all ${total} domains deleted, token fetched once, no 401.`
         : `\nNOT handled as expected: ${succeeded}/${total} succeeded, ${stats.tokenFetches} token fetches, ${stats.unauthorized} 401s.`);
-      say(`Try: npm run status -- ${ids[0]}   |   npm run alarms -- ${ids.join(' ')}`);
+      say(`Try: npm run status -- ${ids[0]}   |   npm run domain -- ${domains[0]![0]}   |   npm run alarms -- ${ids.join(' ')}`);
       if (opts.keepRunning) {
         say(`\nStill running (Ctrl-C stops). API: ${services[0]!.url}, simulator: ${simUrl}/__sim/stats. Try:`);
         say(`  curl -s -H 'content-type: application/json' -H 'x-callback-token: ${callbackToken}' \\`);
         say(`    -d '{"messageId":"pm${'0'.repeat(32)}","data":[{"reqType":"SELF_DOMAIN_DELETE","targetName":"${domains[0]![0]}"}]}' \\`);
         say(`    ${services[0]!.url}/api/pm/pipe/callback`);
+        say(`  curl -s -H 'authorization: Bearer ${adminToken}' ${services[0]!.url}/api/batches/${ids[0]}`);
+        say(`  curl -s -H 'authorization: Bearer ${adminToken}' ${services[0]!.url}/api/domains/${domains[0]![0]}`);
         await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });
       }
       return ok ? 0 : 1;

@@ -4,6 +4,7 @@
  * so one file shows every knob an operator can turn.
  */
 import { readFileSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from './lib/errors.js';
@@ -24,7 +25,63 @@ const msList = z.string().transform((s, ctx) => {
   }
   return parts;
 });
-const cidrList = z.string().transform((s) => s.split(',').map((p) => p.trim()).filter(Boolean));
+
+/** One allowlist entry: an address and how many leading bits of it must match. */
+export interface Cidr { address: string; prefix: number; family: 'ipv4' | 'ipv6' }
+
+/**
+ * "10.0.0.0/8", "2001:db8::/32" or a plain address (one host); null for anything else. Strict on purpose:
+ * "10.0.0.1/" once read as /0 (Number('') is 0) and let everyone in.
+ */
+export function parseCidr(text: string): Cidr | null {
+  const m = /^([^/]+)(?:\/([0-9]{1,3}))?$/.exec(text);
+  if (!m) return null;
+  const address = m[1]!;
+  // A zone id ("fe80::1%eth0") cannot be matched against a caller's address.
+  if (address.includes('%')) return null;
+  const family = isIPv4(address) ? 'ipv4' : isIPv6(address) ? 'ipv6' : null;
+  if (!family) return null;
+  const max = family === 'ipv4' ? 32 : 128;
+  const prefix = m[2] === undefined ? max : Number(m[2]);
+  return prefix <= max ? { address, prefix, family } : null;
+}
+
+const commaList = (s: string) => s.split(',').map((p) => p.trim()).filter(Boolean);
+const CIDR_RULE = 'IP addresses or CIDRs (IPv4 prefix 0-32, IPv6 prefix 0-128, e.g. 10.0.0.0/8, 2001:db8::/32)';
+const cidrList = z.string().transform((s, ctx): Cidr[] => {
+  const out: Cidr[] = [];
+  for (const entry of commaList(s)) {
+    const cidr = parseCidr(entry);
+    if (!cidr) {
+      ctx.addIssue({ code: 'custom', message: `must be a comma-separated list of ${CIDR_RULE}; ${JSON.stringify(entry)} is not one` });
+      return z.NEVER;
+    }
+    out.push(cidr);
+  }
+  return out;
+});
+
+/** express's named ranges for "trust proxy" (https://expressjs.com/en/guide/behind-proxies.html). */
+const PROXY_RANGES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+// Parsed here so a bad value stops start-up: "true" once crashed createApp, and "1" (a hop count to
+// express) silently trusted the address 0.0.0.1. Trusting every hop would let callers forge their address.
+const proxyList = z.string().transform((s, ctx): string[] => {
+  const out: string[] = [];
+  for (const entry of commaList(s)) {
+    const named = entry.toLowerCase();
+    const cidr = PROXY_RANGES.has(named) ? null : parseCidr(entry);
+    if (!PROXY_RANGES.has(named) && !cidr) {
+      ctx.addIssue({ code: 'custom', message: `must be a comma-separated list of loopback, linklocal, uniquelocal or ${CIDR_RULE}; ${JSON.stringify(entry)} is not one` });
+      return z.NEVER;
+    }
+    out.push(cidr ? `${cidr.address}/${cidr.prefix}` : named);
+  }
+  return out;
+});
+
+/** Bearer secrets: empty (role off) or long enough that guessing is hopeless. */
+export const MIN_SECRET_LENGTH = 16;
+const bearerSecret = z.string().refine((v) => v === '' || v.length >= MIN_SECRET_LENGTH, `must be empty or at least ${MIN_SECRET_LENGTH} characters`);
 
 /** Every key: [environment variable, one-line doc, schema]. README's config table mirrors this. */
 export const configKeys = {
@@ -46,12 +103,16 @@ export const configKeys = {
   retryTiersMs: ['RETRY_TIERS_MS', 'Delays of the retry queues, in order', msList],
   relayIntervalMs: ['RELAY_INTERVAL_MS', 'How often the relay publishes unconfirmed jobs and re-publishes stalled batches', int(100)],
   callbackAuth: ['CALLBACK_AUTH', 'token = require X-Callback-Token; none = no auth (must be explicit)', z.enum(['token', 'none'])],
-  callbackToken: ['CALLBACK_TOKEN', 'Shared secret the pipeline sends in X-Callback-Token', z.string()],
-  callbackAllowCidrs: ['CALLBACK_ALLOW_CIDRS', 'Comma-separated CIDRs allowed to call back (empty = any)', cidrList],
-  trustProxy: ['TRUST_PROXY', 'Proxies whose X-Forwarded-For is believed, for the allowlist (express "trust proxy": e.g. loopback, 10.0.0.0/8; empty = none)', z.string()],
+  callbackToken: ['CALLBACK_TOKEN', 'Shared secret the pipeline sends in X-Callback-Token (at least 16 characters)', z.string()],
+  callbackAllowCidrs: ['CALLBACK_ALLOW_CIDRS', 'Comma-separated IPs or CIDRs allowed to call back, e.g. 10.0.0.0/8 (empty = any)', cidrList],
+  trustProxy: ['TRUST_PROXY', 'Proxies whose X-Forwarded-For is believed, for the allowlist: comma-separated IPs, CIDRs or loopback, linklocal, uniquelocal (empty = none)', proxyList],
   callbackBodyLimit: ['CALLBACK_BODY_LIMIT', 'Largest callback body accepted', z.string().regex(/^\d+(b|kb|mb)$/i)],
   callbackMaxItems: ['CALLBACK_MAX_ITEMS', 'Most domains accepted in one callback', int(1, 100000)],
-  adminToken: ['ADMIN_TOKEN', 'Bearer token for POST /api/batches/:id/replay (empty = endpoint disabled)', z.string()],
+  adminToken: ['ADMIN_TOKEN', 'Bearer token of the operator role: read every operator route and replay (at least 16 characters; empty = no operator)', bearerSecret],
+  viewerToken: ['VIEWER_TOKEN', 'Bearer token of the viewer role: read batches, alarms and /metrics, never replay (at least 16 characters, not ADMIN_TOKEN; empty = no viewer)', bearerSecret],
+  metricsAuth: ['METRICS_AUTH', 'token = /metrics needs VIEWER_TOKEN or ADMIN_TOKEN as a bearer; none = /metrics open to anyone who reaches the port (must be explicit)', z.enum(['token', 'none'])],
+  httpRequestTimeoutMs: ['HTTP_REQUEST_TIMEOUT_MS', 'Longest a client may take to send one whole request (headers within the first 10 s); then 408 and the connection closes', int(100, 600_000)],
+  httpMaxConnections: ['HTTP_MAX_CONNECTIONS', 'Most HTTP connections open at once; a connection beyond it is closed at once', int(1, 1_000_000)],
   secplatBaseUrl: ['SECPLAT_BASE_URL', 'Security platform base URL', url(/^https?:$/)],
   secplatClientId: ['SECPLAT_CLIENT_ID', 'Security platform OAuth client_id', z.string().min(1)],
   secplatUsername: ['SECPLAT_USERNAME', 'Security platform user name', z.string().min(1)],
@@ -64,6 +125,8 @@ export const configKeys = {
   tokenMinFetchIntervalMs: ['TOKEN_MIN_FETCH_INTERVAL_MS', 'Least time between two token fetches, across all hosts', int(0)],
   tokenLockTtlMs: ['TOKEN_LOCK_TTL_MS', 'Refresher lock TTL (extended while the fetch runs)', int(500)],
   tokenCircuitOpenMs: ['TOKEN_CIRCUIT_OPEN_MS', 'How long token fetches stop after the credentials are rejected', int(1000)],
+  tokenContentionMax: ['TOKEN_CONTENTION_MAX', 'External token invalidations (another client fetching a token with our credentials) allowed within one hour; one more raises a TOKEN_CONTENTION alarm', int(0, 1_000_000)],
+  tokenDailyBudget: ['TOKEN_DAILY_BUDGET', 'Token fetches expected per UTC calendar day across all hosts; a TOKEN_BUDGET alarm at 80 % (fetching never stops because of it)', int(1)],
   domainLeaseMs: ['DOMAIN_LEASE_MS', 'How long a worker owns a claimed domain before another may take it', int(1000)],
   shutdownTimeoutMs: ['SHUTDOWN_TIMEOUT_MS', 'Deadline for a graceful shutdown', int(100)],
 } as const;
@@ -92,13 +155,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (config.role !== 'worker' && config.callbackAuth === 'token' && !config.callbackToken) {
     throw new ConfigError('CALLBACK_TOKEN must be set (the secret the pipeline sends in X-Callback-Token), or set CALLBACK_AUTH=none to run without callback auth.');
   }
+  if (config.role !== 'worker' && config.callbackAuth === 'token' && config.callbackToken.length < MIN_SECRET_LENGTH) {
+    throw new ConfigError(`CALLBACK_TOKEN must be at least ${MIN_SECRET_LENGTH} characters (the secret the pipeline sends in X-Callback-Token); the one set is shorter.`);
+  }
+  if (config.viewerToken && config.viewerToken === config.adminToken) {
+    throw new ConfigError('VIEWER_TOKEN must differ from ADMIN_TOKEN (a viewer may only read; with the same token every viewer could replay).');
+  }
+  // A worker calls the platform with this password; an empty one only makes sense against the simulator.
+  if (config.role !== 'api' && !config.secplatPassword && !isLocalUrl(config.secplatBaseUrl)) {
+    throw new ConfigError(`SECPLAT_PASSWORD must be set when SECPLAT_BASE_URL (${redactUrl(config.secplatBaseUrl)}) is not the local simulator on 127.0.0.1, ::1 or localhost.`);
+  }
   if (config.tokenLockTtlMs <= config.secplatTimeoutMs) {
     throw new ConfigError(`TOKEN_LOCK_TTL_MS (${config.tokenLockTtlMs}) must be longer than SECPLAT_TIMEOUT_MS (${config.secplatTimeoutMs}) so a slow token fetch keeps its lock.`);
   }
   return Object.freeze(config);
 }
 
-const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN']);
+function isLocalUrl(u: string): boolean {
+  return ['127.0.0.1', '[::1]', 'localhost'].includes(new URL(u).hostname.toLowerCase());
+}
+
+const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN', 'VIEWER_TOKEN']);
 function isSecret(envName: string): boolean {
   return SECRETS.has(envName);
 }

@@ -33,9 +33,18 @@ export async function startService(config: Config, ctx: AppContext = createConte
   const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs, confirmTimeoutMs: config.amqpConfirmTimeoutMs });
   releasers.add('relay', () => relay.stop());
 
-  const server = http.createServer(createApp(ctx, { opsOnly: !runApi }));
+  // A client may not hold a connection by sending slowly: the whole request within HTTP_REQUEST_TIMEOUT_MS
+  // (headers within 10 s of it), else 408 and close. Node checks these only every connectionsCheckingInterval
+  // (30 s by default, so a 15 s limit held a stalled body up to 45 s); check often enough to keep the limit.
+  const server = http.createServer({
+    requestTimeout: config.httpRequestTimeoutMs,
+    headersTimeout: Math.min(10_000, config.httpRequestTimeoutMs),
+    connectionsCheckingInterval: Math.min(1000, Math.max(50, Math.floor(config.httpRequestTimeoutMs / 4))),
+  }, createApp(ctx, { opsOnly: !runApi }));
+  // Idle keep-alive connections close after 5 s; a load balancer in front must time out idle ones sooner.
   server.keepAliveTimeout = 5000;
-  server.requestTimeout = 15_000;
+  // Beyond this many open connections a new one is closed at once, before it can cost memory or a parser.
+  server.maxConnections = config.httpMaxConnections;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());

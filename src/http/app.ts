@@ -3,16 +3,19 @@
  * handler that turns every failure into a clear status and reason.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { BlockList, isIPv4, isIPv6 } from 'node:net';
-import express, { type NextFunction, type Request, type Response } from 'express';
+import { BlockList, isIPv4 } from 'node:net';
+import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import type { Redis } from 'ioredis';
-import { ConfigError, DependencyUnavailableError, ValidationError, toAppError } from '../lib/errors.js';
+import {
+  DependencyUnavailableError, ForbiddenError, NotFoundError, UnauthorizedError, ValidationError, toAppError,
+} from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
-import type { Config } from '../config.js';
-import type { Db } from '../store/db.js';
-import { findAlarms } from '../store/alarms.js';
-import { countByStatus, getBatch, listDomains } from '../store/ledger.js';
+import type { Cidr, Config } from '../config.js';
+import { isConnectionError, type Db } from '../store/db.js';
+import { findAlarms, parseAlarmCursor, type AlarmTrim } from '../store/alarms.js';
+import { countByStatus } from '../store/ledger.js';
+import { batchReport, domainReport } from '../ops/reports.js';
 import { acceptCallback } from '../pipeline/accept-callback.js';
 import { CallbackRejectedError, MESSAGE_ID } from '../pipeline/callback-input.js';
 import type { JobPublisher } from '../pipeline/publish.js';
@@ -21,7 +24,8 @@ import { replayBatches } from '../pipeline/replay.js';
 export const CALLBACK_PATH = '/api/pm/pipe/callback';
 
 export interface AppDeps {
-  config: Pick<Config, 'callbackAuth' | 'callbackToken' | 'callbackAllowCidrs' | 'trustProxy' | 'callbackBodyLimit' | 'callbackMaxItems' | 'adminToken'>;
+  config: Pick<Config, 'callbackAuth' | 'callbackToken' | 'callbackAllowCidrs' | 'trustProxy' | 'callbackBodyLimit' | 'callbackMaxItems'
+    | 'adminToken' | 'viewerToken' | 'metricsAuth'>;
   logger: Logger;
   metrics: Metrics;
   db: Db;
@@ -34,9 +38,11 @@ export function createApp(deps: AppDeps, opts: { opsOnly?: boolean } = {}): expr
   const app = express();
   app.disable('x-powered-by');
   // Behind a load balancer the socket address is the balancer's; the allowlist needs the caller's.
-  app.set('trust proxy', deps.config.trustProxy || false);
+  // config.ts has checked every entry, so express gets a list it understands (never `true`).
+  app.set('trust proxy', deps.config.trustProxy.length > 0 ? [...deps.config.trustProxy] : false);
   if (!opts.opsOnly) mountApiRoutes(app, deps);
 
+  // Open to anyone: probes must work without credentials, so they say only up or down.
   app.get('/healthz', (_req, res) => { res.json({ status: 'ok' }); });
 
   app.get('/readyz', async (_req, res) => {
@@ -45,7 +51,10 @@ export function createApp(deps: AppDeps, opts: { opsOnly?: boolean } = {}): expr
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
   });
 
-  app.get('/metrics', async (_req, res) => {
+  // Metrics show traffic and failure rates; open only when an operator says so (METRICS_AUTH=none).
+  const metricsGuard: RequestHandler[] = deps.config.metricsAuth === 'none'
+    ? [] : [requireRole(deps.config, 'viewer', ' (or METRICS_AUTH=none to leave /metrics open)')];
+  app.get('/metrics', ...metricsGuard, async (_req, res) => {
     res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
   });
 
@@ -76,42 +85,148 @@ function mountApiRoutes(app: express.Express, deps: AppDeps): void {
       res.json({ success: true, messageId: result.messageId, message: 'OK', status: 0 });
     });
 
-  app.get('/api/batches/:messageId', async (req, res) => {
-    const messageId = assertMessageId(req.params.messageId);
-    const batch = await getBatch(deps.db, messageId);
-    if (!batch) throw new ValidationError(`no batch with messageId ${messageId}`, 404);
-    const [counts, domains] = await Promise.all([countByStatus(deps.db, [messageId]), listDomains(deps.db, messageId)]);
-    res.json({ messageId, batch, counts: counts.get(messageId), domains });
+  const viewer = requireRole(config, 'viewer');
+  const operator = requireRole(config, 'operator');
+
+  app.get('/api/batches/:messageId', viewer, async (req, res) => {
+    res.json(await batchReport(deps.db, assertMessageId(req.params.messageId)));
   });
 
-  app.get('/api/alarms', async (req, res) => {
-    const ids = ([] as unknown[]).concat(req.query.messageId ?? []).map((v) => assertMessageId(v));
-    const since = req.query.since === undefined ? undefined : new Date(String(req.query.since));
-    if (since && Number.isNaN(since.getTime())) throw new ValidationError('since must be a date, e.g. 2026-11-24 or 2026-11-24T08:00:00Z');
-    const alarms = await findAlarms(deps.db, { messageIds: ids, since });
-    const batchIds = [...new Set(alarms.map((a) => a.messageId).filter((id): id is string => !!id))];
+  app.get('/api/domains/:domain', viewer, async (req, res) => {
+    res.json(await domainReport(deps.db, String(req.params.domain ?? '')));
+  });
+
+  // One page of alarms, newest first; each alarm bounded (see ALARM_LIST_TRIM), the rest one `nextCursor` away.
+  app.get('/api/alarms', viewer, async (req, res) => {
+    const q = parseAlarmQuery(req.query);
+    // One row more than asked tells whether another page exists, without a count(*).
+    const rows = await findAlarms(deps.db, { ...q, limit: q.limit + 1, trim: ALARM_LIST_TRIM });
+    const page = rows.slice(0, q.limit);
+    const batchIds = [...new Set(page.map((a) => a.messageId).filter((id): id is string => !!id))];
     const counts = Object.fromEntries(await countByStatus(deps.db, batchIds));
-    res.json({ alarms, counts });
+    res.json({ alarms: page, counts, nextCursor: rows.length > q.limit ? page[page.length - 1]!.cursor : null });
   });
 
-  app.post('/api/batches/:messageId/replay', express.json({ limit: '10kb', type: () => true }), async (req, res) => {
-    if (!config.adminToken) throw new ValidationError('replay over HTTP is disabled: ADMIN_TOKEN is not set', 403);
-    const bearer = /^Bearer (.+)$/i.exec(req.get('authorization') ?? '')?.[1];
-    if (!sameSecret(bearer, config.adminToken)) throw new ValidationError('missing or wrong admin bearer token', 401);
+  app.get('/api/alarms/:id', viewer, async (req, res) => {
+    const id = assertAlarmId(req.params.id);
+    const [alarm] = await findAlarms(deps.db, { id, limit: 1 });
+    if (!alarm) throw new NotFoundError(`no alarm with id ${id}`);
+    const counts = alarm.messageId ? (await countByStatus(deps.db, [alarm.messageId])).get(alarm.messageId) ?? null : null;
+    res.json({ alarm, counts });
+  });
+
+  // The role check runs before the body is read: an unauthenticated caller costs no parsing.
+  app.post('/api/batches/:messageId/replay', operator, express.json({ limit: '10kb', type: () => true }), async (req, res) => {
     const messageId = assertMessageId(req.params.messageId);
-    const body = (req.body ?? {}) as { all?: unknown; dryRun?: unknown };
-    const result = await replayBatches(deps, [messageId], { all: body.all === true, dryRun: body.dryRun === true });
+    const { all, dryRun } = parseReplayBody(req.body);
+    const result = await replayBatches(deps, [messageId], { all, dryRun });
     res.json({
-      messageId, dryRun: body.dryRun === true, published: result.published.length > 0,
+      messageId, dryRun, published: result.published.length > 0,
       reopened: result.reopened.map((r) => ({ domain: r.domain, status: r.status })),
     });
   });
+}
+
+export type Role = 'viewer' | 'operator';
+
+/**
+ * Middleware for operator routes: the request must carry `Authorization: Bearer <token>` of a role that may
+ * do `role` (the operator's ADMIN_TOKEN may do everything a viewer may). With neither token configured the
+ * operator API is off (403): it fails closed, never open.
+ */
+export function requireRole(config: Pick<Config, 'adminToken' | 'viewerToken'>, role: Role, disabledHint = ''): RequestHandler {
+  return (req, _res, next) => {
+    if (!config.adminToken && !config.viewerToken) {
+      throw new ForbiddenError(`operator API disabled: set ADMIN_TOKEN or VIEWER_TOKEN${disabledHint}`);
+    }
+    const bearer = /^Bearer +(\S+) *$/i.exec(req.get('authorization') ?? '')?.[1];
+    // Both compared every time, so the timing does not tell which of the two a guess came close to.
+    const isOperator = sameSecret(bearer, config.adminToken);
+    const isViewer = sameSecret(bearer, config.viewerToken);
+    if (!isOperator && !isViewer) throw new UnauthorizedError('missing or wrong bearer token (Authorization: Bearer <ADMIN_TOKEN or VIEWER_TOKEN>)');
+    if (role === 'operator' && !isOperator) throw new ForbiddenError('this route needs the operator role (ADMIN_TOKEN); a viewer may only read');
+    next();
+  };
+}
+
+/** The list view of /api/alarms: enough to see what happened; GET /api/alarms/:id has the rest. */
+const ALARM_LIST_TRIM: AlarmTrim = { arrayItems: 20, contentChars: 1000 };
+const ALARM_PAGE = { default: 50, max: 200 };
+const ALARM_QUERY_KEYS = ['messageId', 'since', 'limit', 'before'];
+const MAX_MESSAGE_IDS = 100;
+
+/** Checks every query parameter of GET /api/alarms; anything unknown or malformed is a 400 naming it. */
+function parseAlarmQuery(query: Request['query']) {
+  for (const key of Object.keys(query)) {
+    // A typo such as ?messageid= would otherwise silently list every alarm.
+    if (!ALARM_QUERY_KEYS.includes(key)) throw new ValidationError(`unknown query parameter ${JSON.stringify(key.slice(0, 40))}; /api/alarms takes ${ALARM_QUERY_KEYS.join(', ')}`);
+  }
+  const one = (name: string): string | undefined => {
+    const v = query[name];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string') throw new ValidationError(`${name} may be given once`);
+    return v;
+  };
+  const messageIds = [...new Set(([] as unknown[]).concat(query.messageId ?? []).map((v) => assertMessageId(v)))];
+  if (messageIds.length > MAX_MESSAGE_IDS) throw new ValidationError(`at most ${MAX_MESSAGE_IDS} messageIds per request`);
+
+  const sinceText = one('since');
+  const since = sinceText === undefined ? undefined : parseSince(sinceText);
+
+  const limitText = one('limit');
+  const limitRule = `limit must be a whole number from 1 to ${ALARM_PAGE.max}`;
+  if (limitText !== undefined && !/^[0-9]{1,3}$/.test(limitText)) throw new ValidationError(limitRule);
+  const limit = limitText === undefined ? ALARM_PAGE.default : Number(limitText);
+  if (limit < 1 || limit > ALARM_PAGE.max) throw new ValidationError(limitRule);
+
+  const beforeText = one('before');
+  const before = beforeText === undefined ? undefined : parseAlarmCursor(beforeText) ?? undefined;
+  if (beforeText !== undefined && !before) throw new ValidationError('before must be a nextCursor from an earlier /api/alarms answer');
+  return { messageIds, since, limit, before };
+}
+
+const SINCE = /^([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$/;
+const SINCE_RULE = 'since must be a date from 1970 to 9999, e.g. 2026-11-24 or 2026-11-24T08:00:00Z (UTC unless an offset is given)';
+
+/**
+ * A date or date-time for `since`. Strict, because `new Date()` takes years up to ±275760 that PostgreSQL
+ * cannot hold (a 500 before) and rolls 2026-02-30 over into March.
+ */
+function parseSince(text: string): Date {
+  // An unencoded "+08:00" arrives as " 08:00" (a + in a query string is a space).
+  const m = SINCE.exec(text.trim().replace(/ ([0-9]{2}:?[0-9]{2})$/, '+$1'));
+  if (!m) throw new ValidationError(SINCE_RULE);
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const calendar = new Date(Date.UTC(year, month - 1, day));
+  if (year < 1970 || calendar.getUTCMonth() !== month - 1 || calendar.getUTCDate() !== day) throw new ValidationError(SINCE_RULE);
+  const hasTime = m[4] !== undefined;
+  if (hasTime && (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6] ?? 0) > 59)) throw new ValidationError(SINCE_RULE);
+  const date = new Date(hasTime && !m[7] ? `${m[0]}Z` : m[0]);
+  if (Number.isNaN(date.getTime())) throw new ValidationError(SINCE_RULE);
+  return date;
+}
+
+/** The replay body: only `all` and `dryRun`, each a JSON boolean; `{"dryRun":"true"}` once ran a real replay. */
+function parseReplayBody(body: unknown): { all: boolean; dryRun: boolean } {
+  if (body === undefined) return { all: false, dryRun: false };
+  if (!body || typeof body !== 'object' || Array.isArray(body)) throw new ValidationError('body must be a JSON object such as {"all":false,"dryRun":true}');
+  const fields = body as Record<string, unknown>;
+  const unknown = Object.keys(fields).find((k) => k !== 'all' && k !== 'dryRun');
+  if (unknown !== undefined) throw new ValidationError(`unknown field ${JSON.stringify(unknown.slice(0, 40))}; the body takes only "all" and "dryRun" (true or false)`);
+  for (const name of ['all', 'dryRun']) {
+    const v = fields[name];
+    if (v !== undefined && typeof v !== 'boolean') {
+      throw new ValidationError(`${name} must be true or false (a JSON boolean), not ${String(JSON.stringify(v)).slice(0, 40)}`);
+    }
+  }
+  return { all: fields.all === true, dryRun: fields.dryRun === true };
 }
 
 /** The one error middleware: 4xx with a reason for bad input, 503 when a dependency is down, 500 otherwise. */
 export function createErrorHandler(logger: Logger, metrics: Metrics) {
   return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const { status, message } = classify(err);
+    if (err instanceof UnauthorizedError) res.set('WWW-Authenticate', 'Bearer');
     const isCallback = req.path === CALLBACK_PATH;
     if (status >= 500) logger.error('request failed', { method: req.method, path: req.path, status, err: toAppError(err) });
     else logger.warn('request rejected', { method: req.method, path: req.path, status, reason: message, messageId: err instanceof CallbackRejectedError ? err.messageId : undefined });
@@ -127,7 +242,13 @@ export function createErrorHandler(logger: Logger, metrics: Metrics) {
 
 function classify(err: unknown): { status: number; message: string } {
   if (err instanceof ValidationError) return { status: err.status, message: err.message };
+  if (err instanceof UnauthorizedError) return { status: 401, message: err.message };
+  if (err instanceof ForbiddenError) return { status: 403, message: err.message };
+  if (err instanceof NotFoundError) return { status: 404, message: err.message };
   if (err instanceof DependencyUnavailableError) return { status: 503, message: `temporarily unavailable (${err.dependency}); please retry` };
+  // A plain pool query (not inside withTransaction) fails with pg's own error when PostgreSQL is away; the
+  // only connections the routes use are PostgreSQL's, and a caller should retry that, not report a bug.
+  if (isConnectionError(err)) return { status: 503, message: 'temporarily unavailable (postgres); please retry' };
   const e = err as { type?: string; status?: number; message?: string };
   // body-parser's own errors
   if (e?.type === 'entity.too.large') return { status: 413, message: 'body is larger than the limit' };
@@ -147,6 +268,14 @@ function assertMessageId(v: unknown): string {
   return v;
 }
 
+const MAX_ALARM_ID = 2 ** 31 - 1; // findAlarms reads id as int
+
+function assertAlarmId(v: unknown): number {
+  const id = typeof v === 'string' && /^[1-9][0-9]{0,9}$/.test(v) ? Number(v) : NaN;
+  if (!(id <= MAX_ALARM_ID)) throw new ValidationError(`alarm id must be a whole number from 1 to ${MAX_ALARM_ID}`);
+  return id;
+}
+
 /** Constant-time comparison of two secrets (hashed first so their lengths do not leak). */
 function sameSecret(given: string | undefined, expected: string): boolean {
   if (!given || !expected) return false;
@@ -155,37 +284,37 @@ function sameSecret(given: string | undefined, expected: string): boolean {
   return timingSafeEqual(a, b);
 }
 
-function createAllowList(cidrs: readonly string[]): ((ip: string) => boolean) | undefined {
+/** The callback allowlist from CALLBACK_ALLOW_CIDRS (already checked by config.ts); undefined = anyone. */
+function createAllowList(cidrs: readonly Cidr[]): ((ip: string) => boolean) | undefined {
   if (cidrs.length === 0) return undefined;
   const list = new BlockList();
-  for (const cidr of cidrs) {
-    const [addr, bits] = cidr.split('/');
-    const type = isIPv4(addr ?? '') ? 'ipv4' : isIPv6(addr ?? '') ? 'ipv6' : undefined;
-    const prefix = bits === undefined ? (type === 'ipv4' ? 32 : 128) : Number(bits);
-    if (!type || !Number.isInteger(prefix)) throw new ConfigError(`CALLBACK_ALLOW_CIDRS holds ${JSON.stringify(cidr)}, which is not an IP address or CIDR.`);
-    list.addSubnet(addr!, prefix, type);
-  }
+  for (const { address, prefix, family } of cidrs) list.addSubnet(address, prefix, family);
   return (ip) => {
     const plain = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
     return list.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6');
   };
 }
 
-async function readiness(deps: AppDeps): Promise<Record<string, string>> {
-  const check = async (fn: () => Promise<unknown>): Promise<string> => {
+/**
+ * ok/down per dependency. /readyz is open to anyone, so the answer never carries an address or error text
+ * (a pg error names host:port); the reason goes to the log at warn instead.
+ */
+async function readiness(deps: AppDeps): Promise<Record<string, 'ok' | 'down'>> {
+  const check = async (name: string, fn: () => Promise<unknown>): Promise<'ok' | 'down'> => {
     let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([fn(), new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('timeout')), 2000); })]);
+      await Promise.race([fn(), new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('timeout after 2000 ms')), 2000); })]);
       return 'ok';
     } catch (err) {
-      return `down: ${(err as Error).message}`;
+      deps.logger.warn('readiness check failed', { check: name, err: (err as Error).message });
+      return 'down';
     } finally {
       clearTimeout(timer);
     }
   };
   return {
-    postgres: await check(() => deps.db.query('SELECT 1')),
-    redis: await check(() => deps.redis.ping()),
-    rabbitmq: deps.broker.isConnected ? 'ok' : 'down: not connected',
+    postgres: await check('postgres', () => deps.db.query('SELECT 1')),
+    redis: await check('redis', () => deps.redis.ping()),
+    rabbitmq: await check('rabbitmq', async () => { if (!deps.broker.isConnected) throw new Error('not connected'); }),
   };
 }

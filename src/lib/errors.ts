@@ -26,6 +26,21 @@ export class ValidationError extends AppError {
   }
 }
 
+/** The caller sent no credential, or one that matches no role: 401 with a Bearer challenge. */
+export class UnauthorizedError extends AppError {
+  constructor(message: string) { super(message, { code: 'UNAUTHORIZED' }); }
+}
+
+/** The caller is known but may not do this (a viewer asking to replay), or the feature is switched off: 403. */
+export class ForbiddenError extends AppError {
+  constructor(message: string) { super(message, { code: 'FORBIDDEN' }); }
+}
+
+/** The thing asked for does not exist: 404. */
+export class NotFoundError extends AppError {
+  constructor(message: string) { super(message, { code: 'NOT_FOUND' }); }
+}
+
 /** A dependency (PostgreSQL, Redis, RabbitMQ) is unreachable: try again later. */
 export class DependencyUnavailableError extends AppError {
   readonly dependency: string;

@@ -2,7 +2,7 @@
  * The operators' questions, answered once: the JSON API and the CLIs call these functions instead of
  * assembling the same reads themselves (like Graphile Worker's cleanup, shared by its CLI and library).
  */
-import { ValidationError } from '../lib/errors.js';
+import { NotFoundError, ValidationError } from '../lib/errors.js';
 import { normalizeHostname } from '../pipeline/callback-input.js';
 import type { Queryable } from '../store/db.js';
 import { getInventory, type InventoryDetail } from '../store/inventory.js';
@@ -13,11 +13,6 @@ import {
 /** A domain the operator typed or pasted that is not a hostname. */
 export class InvalidDomainError extends ValidationError {
   constructor(raw: string) { super(`${JSON.stringify(raw.slice(0, 80))} is not a valid domain name`); }
-}
-
-/** A messageId or domain that nothing in the ledger or the inventory knows. */
-export class NotFoundError extends ValidationError {
-  constructor(what: string) { super(what, 404); }
 }
 
 export interface BatchReport { messageId: string; batch: BatchRow; counts: StatusCounts; domains: DomainRow[] }

@@ -6,6 +6,8 @@ import type { IncomingItem } from '../store/ledger.js';
 
 export const MESSAGE_ID = /^[A-Za-z0-9_-]{1,128}$/;
 export const SUPPORTED_REQ_TYPES = new Set(['SELF_DOMAIN_DELETE']);
+/** The vendor's reqType vocabulary is upper-case identifiers; an unknown but well-formed one is kept as unsupported. */
+export const REQ_TYPE = /^[A-Z][A-Z0-9_]{0,63}$/;
 
 export interface CallbackInput { messageId: string; items: IncomingItem[] }
 
@@ -27,6 +29,50 @@ function depthExceeds(root: unknown, limit: number): boolean {
     for (const child of Object.values(v)) if (child && typeof child === 'object') stack.push([child, d + 1]);
   }
   return false;
+}
+
+const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+// In a /u regex a well-formed pair is one code point, so this matches only a surrogate without its partner.
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** `data[3].reqType`, `meta["odd key"]`: a JavaScript-style path the vendor can find in its own payload. */
+function childPath(parent: string, key: string | number): string {
+  if (typeof key === 'number') return `${parent}[${key}]`;
+  if (IDENTIFIER.test(key)) return parent ? `${parent}.${key}` : key;
+  return `${parent}[${JSON.stringify(key.length > 40 ? `${key.slice(0, 40)}…` : key)}]`;
+}
+
+function unstorable(s: string): string | null {
+  if (s.includes('\u0000')) return 'contains a NUL character';
+  if (LONE_SURROGATE.test(s)) return 'contains an unpaired UTF-16 surrogate (not valid Unicode)';
+  return null;
+}
+
+/**
+ * The first string, field name or value, anywhere in the body that PostgreSQL text/jsonb cannot hold (the
+ * audit row stores the whole body, so an unknown extra field counts too). Storing it would fail with a
+ * 500 that the vendor retries for ever; naming it gives a 400 instead. Iterative, in document order.
+ */
+function findUnstorable(root: unknown): string | null {
+  const stack: { value: unknown; path: string; key?: string }[] = [{ value: root, path: '' }];
+  while (stack.length > 0) {
+    const { value, path, key } = stack.pop()!;
+    const keyProblem = key === undefined ? null : unstorable(key);
+    if (keyProblem) return `${path} ${keyProblem}`;
+    if (typeof value === 'string') {
+      const problem = unstorable(value);
+      if (problem) return `${path} ${problem}`;
+    } else if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push({ value: value[i], path: childPath(path, i) });
+    } else if (value && typeof value === 'object') {
+      const entries = Object.entries(value);
+      for (let i = entries.length - 1; i >= 0; i--) {
+        const [k, v] = entries[i]!;
+        stack.push({ value: v, path: childPath(path, k), key: k });
+      }
+    }
+  }
+  return null;
 }
 
 /** Lower-cased hostname without a trailing dot, or null when it is not a valid DNS name (a leading "*." is allowed). */
@@ -51,6 +97,8 @@ export function parseCallback(body: unknown, maxItems: number): CallbackInput {
   if (depthExceeds(body, MAX_DEPTH)) throw new CallbackRejectedError(`body is nested deeper than ${MAX_DEPTH} levels`, null);
   const b = body as Record<string, unknown>;
   const rawId = b.messageId;
+  const unstorableAt = findUnstorable(body);
+  if (unstorableAt) throw new CallbackRejectedError(unstorableAt, typeof rawId === 'string' && MESSAGE_ID.test(rawId) ? rawId : null);
   if (rawId === undefined || rawId === null || rawId === '') throw new CallbackRejectedError('messageId is missing', null);
   if (typeof rawId !== 'string' || !MESSAGE_ID.test(rawId)) {
     throw new CallbackRejectedError('messageId must be 1 to 128 characters of A-Z, a-z, 0-9, _ or -', null);
@@ -70,8 +118,8 @@ export function parseCallback(body: unknown, maxItems: number): CallbackInput {
       const shown = typeof item.targetName === 'string' ? JSON.stringify(item.targetName.slice(0, 80)) : `(${item.targetName === null ? 'null' : typeof item.targetName})`;
       throw reject(`data[${i}].targetName ${shown} is not a valid hostname`);
     }
-    if (typeof item.reqType !== 'string' || item.reqType.length === 0 || item.reqType.length > 64) {
-      throw reject(`data[${i}].reqType must be a non-empty string`);
+    if (typeof item.reqType !== 'string' || !REQ_TYPE.test(item.reqType)) {
+      throw reject(`data[${i}].reqType must be 1 to 64 characters of A-Z, 0-9 or _, starting with a letter`);
     }
     if (!items.has(domain)) items.set(domain, { domain, reqType: item.reqType, supported: SUPPORTED_REQ_TYPES.has(item.reqType) });
   });

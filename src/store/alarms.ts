@@ -9,7 +9,9 @@ export type AlarmType =
   | 'UNSUPPORTED_REQ_TYPE'  // a callback carried a reqType we do not handle
   | 'JOB_PARKED'            // a job left the queue for the parked queue
   | 'TOKEN_REJECTED'        // repeated 401s even with a fresh token
-  | 'BAD_CREDENTIALS';      // the token endpoint refused our credentials; the circuit is open
+  | 'BAD_CREDENTIALS'       // the token endpoint refused our credentials; the circuit is open
+  | 'TOKEN_CONTENTION'      // another client (likely another environment) keeps taking the token with our credentials
+  | 'TOKEN_BUDGET';         // token fetches today reached 80 % of TOKEN_DAILY_BUDGET
 
 export interface AlarmRow {
   id: number;
@@ -19,6 +21,10 @@ export interface AlarmRow {
   content: string;
   details: unknown;
   createdAt: Date;
+  /** Opaque position of this row in newest-first order; pass as `before` to read the rows after it. */
+  cursor: string;
+  /** Only with `trim`: true when content or an array of details was cut (GET /api/alarms/:id has it whole). */
+  truncated?: boolean;
 }
 
 export function alarmTag(messageId: string | null): string {
@@ -30,8 +36,13 @@ export async function raiseAlarm(
   alarm: { messageId: string | null; type: AlarmType; content: string; details?: unknown },
 ): Promise<void> {
   const details = alarm.details === undefined ? null : JSON.stringify(withoutNul(alarm.details));
+  // While an alarm of the same batch and type is active (open or acknowledged), a repeat counts on it and
+  // brings its content up to date instead of adding a row.
   await db.query(
-    'INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details) VALUES ($1, $2, $3, $4, $5)',
+    `INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (coalesce(message_id, ''), alarm_type) WHERE state <> 'resolved'
+     DO UPDATE SET occurrences = sys_task_process_alarm.occurrences + 1, last_seen_at = now(),
+                   content = EXCLUDED.content, details = EXCLUDED.details`,
     [alarmTag(alarm.messageId), alarm.messageId, alarm.type, withoutNul(alarm.content), details],
   );
 }
@@ -46,18 +57,82 @@ function withoutNul<T>(value: T): T {
   return value;
 }
 
-/** The replacement for `tag LIKE '%<id>%'`: by messageIds (indexed) and/or a start time. */
-export async function findAlarms(db: Queryable, filter: { messageIds?: string[]; since?: Date; limit?: number }): Promise<AlarmRow[]> {
+/** Where a page of alarms ended: rows older than this come next (newest first, ties broken by id). */
+export interface AlarmCursor { createdAt: string; id: number }
+
+/** How the list view bounds each row: arrays in `details` cut to `arrayItems`, `content` to `contentChars`. */
+export interface AlarmTrim { arrayItems: number; contentChars: number }
+
+export interface AlarmFilter {
+  messageIds?: string[];
+  since?: Date;
+  limit?: number;
+  /** Only this alarm. */
+  id?: number;
+  /** Keyset paging: only rows after this one in newest-first order (a row's `cursor`, decoded). */
+  before?: AlarmCursor;
+  /** List view: trimmed in SQL, so a huge alarm never leaves PostgreSQL whole (rows then carry `truncated`). */
+  trim?: AlarmTrim;
+}
+
+// created_at as text with all six fractional digits in UTC: a JavaScript Date keeps milliseconds only, and
+// a cursor that lost the microseconds would skip or repeat rows created within the same millisecond.
+const CREATED_AT_TEXT = `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
+const CURSOR_TEXT = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)_([1-9]\d{0,15})$/;
+
+/** The opaque `nextCursor` / `before` text for a row. */
+function encodeCursor(createdAt: string, id: number): string {
+  return Buffer.from(`${createdAt}_${id}`).toString('base64url');
+}
+
+/** Decodes a cursor made by findAlarms; null when it is not one (the caller answers 400). */
+export function parseAlarmCursor(text: string): AlarmCursor | null {
+  if (!/^[A-Za-z0-9_-]{1,100}$/.test(text)) return null;
+  const m = CURSOR_TEXT.exec(Buffer.from(text, 'base64url').toString('utf8'));
+  if (!m) return null;
+  const id = Number(m[2]);
+  const createdAt = m[1]!;
+  const year = Number(createdAt.slice(0, 4));
+  if (!Number.isSafeInteger(id) || year < 1970 || Number.isNaN(Date.parse(createdAt))) return null;
+  return { createdAt, id };
+}
+
+/**
+ * The replacement for `tag LIKE '%<id>%'`: by messageIds (indexed), a start time, one id, and/or keyset
+ * paging, newest first. Each row carries `cursor`, to pass back as `before` for the rows after it.
+ */
+export async function findAlarms(db: Queryable, filter: AlarmFilter): Promise<AlarmRow[]> {
   const where: string[] = [];
   const params: unknown[] = [];
-  if (filter.messageIds && filter.messageIds.length > 0) { params.push(filter.messageIds); where.push(`message_id = ANY($${params.length})`); }
-  if (filter.since) { params.push(filter.since); where.push(`created_at >= $${params.length}`); }
-  params.push(filter.limit ?? 500);
-  const { rows } = await db.query<AlarmRow>(
-    `SELECT id::int, tag, message_id AS "messageId", alarm_type AS "alarmType", content, details, created_at AS "createdAt"
+  const param = (v: unknown) => { params.push(v); return `$${params.length}`; };
+  if (filter.messageIds && filter.messageIds.length > 0) where.push(`message_id = ANY(${param(filter.messageIds)})`);
+  if (filter.since) where.push(`created_at >= ${param(filter.since)}`);
+  if (filter.id !== undefined) where.push(`id = ${param(filter.id)}`);
+  if (filter.before) where.push(`(created_at, id) < (${param(filter.before.createdAt)}::timestamptz, ${param(filter.before.id)})`);
+  let content = 'content';
+  let details = 'details';
+  let truncated = '';
+  if (filter.trim) {
+    const n = param(filter.trim.arrayItems);
+    const c = param(filter.trim.contentChars);
+    // Every top-level array in details (failures, items) keeps its first n entries plus a <name>Total count.
+    const isBig = `jsonb_typeof(v) = 'array' AND jsonb_array_length(v) > ${n}`;
+    content = `CASE WHEN length(content) > ${c} THEN left(content, ${c}) || '…' ELSE content END`;
+    details = `CASE WHEN jsonb_typeof(details) = 'object' THEN (
+        SELECT coalesce(jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'array'
+                          THEN jsonb_path_query_array(v, '$[0 to $last]', jsonb_build_object('last', ${n}::int - 1)) ELSE v END), '{}'::jsonb)
+            || coalesce(jsonb_object_agg(k || 'Total', jsonb_array_length(v)) FILTER (WHERE jsonb_typeof(v) = 'array'), '{}'::jsonb)
+        FROM jsonb_each(details) AS e(k, v)) ELSE details END`;
+    truncated = `, (length(content) > ${c} OR (jsonb_typeof(details) = 'object'
+        AND EXISTS (SELECT 1 FROM jsonb_each(details) AS e(k, v) WHERE ${isBig}))) AS truncated`;
+  }
+  const limit = param(filter.limit ?? 500);
+  const { rows } = await db.query<AlarmRow & { cursorAt: string }>(
+    `SELECT id::int, tag, message_id AS "messageId", alarm_type AS "alarmType", ${content} AS content, ${details} AS details,
+            created_at AS "createdAt", ${CREATED_AT_TEXT} AS "cursorAt"${truncated}
      FROM sys_task_process_alarm ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-     ORDER BY created_at DESC, id DESC LIMIT $${params.length}`,
+     ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
     params,
   );
-  return rows;
+  return rows.map(({ cursorAt, ...row }) => ({ ...row, cursor: encodeCursor(cursorAt, row.id) }));
 }

@@ -6,9 +6,13 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import type pg from 'pg';
+import { createContext } from '../../src/context.js';
+import { startService } from '../../src/main.js';
 import { batchesOfDomain } from '../../src/store/ledger.js';
 import type { Queryable } from '../../src/store/db.js';
-import { messageId, rand, seedInventory, testDb } from '../helpers/env.js';
+import { captureLogger, cleanupNames, messageId, rand, seedInventory, testConfig, testDb, testEnv } from '../helpers/env.js';
+
+const VIEWER_TOKEN = 'test-viewer-token-0123456789';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -49,7 +53,7 @@ describe('lookup by domain', function () {
     const domain = `www.${rand()}.example.com`;
     const [first, second] = [messageId(), messageId()];
     await seedInventory(db, [domain], () => 'u-lookup');
-    for (const id of [first, second]) await db.query('INSERT INTO batch (message_id) VALUES ($1)', [id]);
+    for (const id of [first, second]) await db.query('INSERT INTO batch (message_id, publish_pending) VALUES ($1, false)', [id]);
     await db.query(
       `INSERT INTO batch_domain (message_id, domain, req_type, status, attempts, detail, created_at, finished_at)
        VALUES ($1, $3, 'SELF_DOMAIN_DELETE', 'failed', 4, 'security platform: user not found', now() - interval '2 hours', now() - interval '1 hour'),
@@ -77,6 +81,30 @@ describe('lookup by domain', function () {
     expect(table.stdout).to.include(h.first).and.include('user not found');
   });
 
+  it('when GET /api/domains/:domain is called with the viewer credential, then it answers the same report; without one, 401', async () => {
+    const h = await seedHistory();
+    const env = testEnv({ ROLE: 'api', VIEWER_TOKEN });
+    const config = testConfig(env);
+    const service = await startService(config, createContext(config, { logger: captureLogger('warn').logger }));
+    try {
+      const base = `http://127.0.0.1:${service.port}/api/domains`;
+      const res = await fetch(`${base}/${encodeURIComponent(h.domain.toUpperCase())}`, { headers: { authorization: `Bearer ${VIEWER_TOKEN}` } });
+      expect(res.status).to.equal(200);
+      const body = await res.json() as { domain: string; inventory: Record<string, unknown>; batches: { messageId: string; status: string }[] };
+      expect(body.domain).to.equal(h.domain);
+      expect(body.inventory).to.include({ status: 'deleted', deletedByMessageId: h.second });
+      expect(body.batches.map((b) => [b.messageId, b.status])).to.deep.equal([[h.second, 'succeeded'], [h.first, 'failed']]);
+      expect((await fetch(`${base}/${h.domain}`)).status).to.equal(401);
+      const unknown = await fetch(`${base}/nowhere.${rand()}.example.com`, { headers: { authorization: `Bearer ${VIEWER_TOKEN}` } });
+      expect(unknown.status).to.equal(404);
+      const bad = await fetch(`${base}/not_a_domain`, { headers: { authorization: `Bearer ${VIEWER_TOKEN}` } });
+      expect(bad.status).to.equal(400);
+    } finally {
+      await service.stop();
+      await cleanupNames(env);
+    }
+  });
+
   it('when the domain is unknown or not a domain name, then the command says so and exits 2', async () => {
     const unknown = await runDomain([`nowhere.${rand()}.example.com`]);
     expect(unknown.code).to.equal(2);
@@ -90,7 +118,7 @@ describe('lookup by domain', function () {
     const h = await seedHistory();
     // A large batch of other domains, so that the planner's choice is the one a big ledger gets.
     const bulk = messageId();
-    await db.query('INSERT INTO batch (message_id) VALUES ($1)', [bulk]);
+    await db.query('INSERT INTO batch (message_id, publish_pending) VALUES ($1, false)', [bulk]);
     await db.query(
       `INSERT INTO batch_domain (message_id, domain, req_type, status)
        SELECT $1, 'd' || g || '.bulk.example.com', 'SELF_DOMAIN_DELETE', 'succeeded' FROM generate_series(1, 50000) g`, [bulk]);

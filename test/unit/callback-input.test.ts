@@ -193,15 +193,63 @@ describe('callback input', function () {
       });
     }
 
-    const badReqTypes: [string, unknown][] = [['missing', undefined], ['empty', ''], ['a number', 3], ['over 64 characters', 'X'.repeat(65)]];
+    const badReqTypes: [string, unknown][] = [
+      ['missing', undefined], ['empty', ''], ['a number', 3], ['over 64 characters', 'X'.repeat(65)],
+      ['lower case', 'self_domain_delete'], ['hyphenated', 'SELF-DOMAIN-DELETE'], ['holding a space', 'SELF DOMAIN'],
+      ['starting with a digit', '1SELF_DOMAIN_DELETE'], ['starting with an underscore', '_SELF'], ['non-ASCII', 'SELF_DOMAIN_DELETÉ'],
+      ['holding a newline', 'SELF_DOMAIN_DELETE\n'],
+    ];
     for (const [what, reqType] of badReqTypes) {
-      it(`when reqType is ${what}, then the reason names that item's reqType`, function () {
+      it(`when reqType is ${what}, then the reason names that item's reqType and its pattern`, function () {
         const bad: Record<string, unknown> = { targetName: 'b.example.com' };
         if (reqType !== undefined) bad.reqType = reqType;
         const err = rejection(() => parseCallback({ data: [item('a.example.com'), bad], messageId: ID }, 10));
-        expect(err.message).to.equal('data[1].reqType must be a non-empty string');
+        expect(err.message).to.equal('data[1].reqType must be 1 to 64 characters of A-Z, 0-9 or _, starting with a letter');
         expect(err.messageId).to.equal(ID);
       });
     }
+
+    it('when reqType is unknown but well formed (one letter, 64 characters, digits), then it is kept as unsupported, never dropped', function () {
+      const types = ['X', `S${'_'.repeat(63)}`, 'SELF_DOMAIN_DELETE_V2'];
+      const { items } = parseCallback({ data: types.map((t, i) => item(`d${i}.example.com`, t)), messageId: ID }, 10);
+      expect(items.map((i) => [i.reqType, i.supported])).to.deep.equal(types.map((t) => [t, false]));
+    });
+  });
+
+  describe('characters PostgreSQL cannot store', function () {
+    const nulCases: [string, (body: Record<string, unknown>) => void, string, string | null][] = [
+      ['in an item\'s reqType', (b) => { (b.data as Record<string, unknown>[])[3]!.reqType = 'SELF_DOMAIN_DELETE\u0000'; }, 'data[3].reqType contains a NUL character', ID],
+      ['in an item\'s targetName', (b) => { (b.data as Record<string, unknown>[])[0]!.targetName = 'a\u0000.example.com'; }, 'data[0].targetName contains a NUL character', ID],
+      ['in messageId', (b) => { b.messageId = `${ID}\u0000`; }, 'messageId contains a NUL character', null],
+      ['in an unknown field of an item', (b) => { (b.data as Record<string, unknown>[])[2]!.note = { lines: ['ok', 'x\u0000y'] }; }, 'data[2].note.lines[1] contains a NUL character', ID],
+      ['in an unknown top-level field', (b) => { b.extra = '\u0000'; }, 'extra contains a NUL character', ID],
+      ['in the name of an unknown field', (b) => { (b.data as Record<string, unknown>[])[1]!['x\u0000y'] = 1; }, 'data[1]["x\\u0000y"] contains a NUL character', ID],
+      ['in a field name with a dot', (b) => { b['a.b'] = { 'c\u0000': true }; }, '["a.b"]["c\\u0000"] contains a NUL character', ID],
+      ['in a percent given as a string', (b) => { (b.data as Record<string, unknown>[])[1]!.percent = '1.0\u0000'; }, 'data[1].percent contains a NUL character', ID],
+    ];
+    for (const [where, mutate, reason, echo] of nulCases) {
+      it(`when a NUL character is ${where}, then the callback is rejected with a 400 naming that field`, function () {
+        const body: Record<string, unknown> = { data: [0, 1, 2, 3].map((i) => item(`d${i}.example.com`)), messageId: ID };
+        mutate(body);
+        const err = rejection(() => parseCallback(body, 10));
+        expect(err.status).to.equal(400);
+        expect(err.message).to.equal(reason);
+        expect(err.messageId).to.equal(echo);
+      });
+    }
+
+    it('when a string holds an unpaired surrogate (which jsonb refuses too), then the callback is rejected naming the field; a real emoji passes', function () {
+      const body = { data: [{ ...item('a.example.com'), note: 'ok \ud83d\ude00' }, { ...item('b.example.com'), note: 'bad \ud800' }], messageId: ID };
+      const err = rejection(() => parseCallback(body, 10));
+      expect(err.message).to.equal('data[1].note contains an unpaired UTF-16 surrogate (not valid Unicode)');
+      expect(parseCallback({ data: [body.data[0]], messageId: ID }, 10).items).to.have.length(1);
+    });
+
+    it('when the body holds 100k strings, then the NUL check walks it without recursion and finds the last one', function () {
+      const data = Array.from({ length: 1000 }, (_, i) => ({ ...item(`d${i}.example.com`), tags: Array.from({ length: 100 }, (_, j) => `t${j}`) }));
+      (data[999]!.tags)[99] = 'last\u0000';
+      const err = rejection(() => parseCallback({ data, messageId: ID }, 1000));
+      expect(err.message).to.equal('data[999].tags[99] contains a NUL character');
+    });
   });
 });
