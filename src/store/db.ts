@@ -25,20 +25,27 @@ export function createDb(config: Pick<Config, 'databaseUrl' | 'databasePoolSize'
 /** Runs cb in one transaction; rolls back on any error. */
 export async function withTransaction<T>(db: Db, cb: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await connect(db);
+  // pg-pool listens for a client's errors only while it is idle: a connection reset between two statements
+  // of this transaction would otherwise be an unhandled 'error' event and kill the process. The failed
+  // query reports it; the broken client is destroyed on release instead of going back to the pool.
+  let broken: Error | undefined;
+  const onError = (err: Error) => { broken = err; };
+  client.on('error', onError);
   try {
     await client.query('BEGIN');
     const result = await cb(client);
     await client.query('COMMIT');
     return result;
   } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
+    if (!broken) await client.query('ROLLBACK').catch(() => undefined);
     if (isConnectionError(err)) throw new DependencyUnavailableError('postgres', `PostgreSQL unavailable: ${(err as Error).message}`, err);
     // A deadlock or serialization failure is transient: the caller (e.g. the vendor, via a 503) retries.
     const code = (err as { code?: string }).code;
     if (code === '40P01' || code === '40001') throw new DependencyUnavailableError('postgres', `transaction conflict (${code}); retry`, err);
     throw err;
   } finally {
-    client.release();
+    client.off('error', onError);
+    client.release(broken);
   }
 }
 

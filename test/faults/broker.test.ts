@@ -7,7 +7,7 @@ import amqp from 'amqplib';
 import { expect } from 'chai';
 import { topologyNames } from '../../src/messaging/topology.js';
 import { RABBITMQ_URL, messageId, queueDepth, rand, waitFor } from '../helpers/env.js';
-import { FaultRig, logCount, readiness, sleepMs } from '../helpers/fault-rig.js';
+import { FaultRig, logCount, metric, readiness } from '../helpers/fault-rig.js';
 
 describe('faults: RabbitMQ', function () {
   let rig: FaultRig | undefined;
@@ -32,8 +32,10 @@ describe('faults: RabbitMQ', function () {
     const batches = [await r.seedBatch(15), await r.seedBatch(15), await r.seedBatch(15)];
     for (const b of batches) await r.post(svc.url, b);
 
-    // Several relay intervals pass while the broker is still away: everything waits in the ledger.
-    await sleepMs(1500);
+    // The relay tries again while the broker is still away (each callback's own publish fails at most
+    // once, so two more failures are relay passes), and everything keeps waiting in the ledger.
+    await waitFor('two relay passes to fail', async () =>
+      (await metric(svc.url, 'pcp_queue_publish_failures_total')) >= batches.length + 2, 30_000);
     const { rows } = await r.db.query<{ pending: boolean }>(
       'SELECT publish_pending AS pending FROM batch WHERE message_id = ANY($1)', [batches.map((b) => b.id)]);
     expect(rows.map((x) => x.pending), 'publish_pending while the broker is away').to.deep.equal([true, true, true]);
@@ -68,7 +70,8 @@ describe('faults: RabbitMQ', function () {
     const second = await r.seedBatch(20);
     await r.post(api.url, second);
     await waitFor('the second job waiting in the queue', async () => (await queueDepth(r.env, 'jobs')) >= 1);
-    await sleepMs(1000);
+    // While the broker is away the worker keeps trying, fails, and says so on /readyz.
+    await waitFor('a reconnect attempt to fail', async () => logCount(worker, '"rabbitmq connect attempt failed"') >= 1);
     expect((await readiness(worker.url)).checks.rabbitmq).to.not.equal('ok');
 
     amqpProxy.proxy.resume();
@@ -109,6 +112,9 @@ describe('faults: RabbitMQ', function () {
       Buffer.from(JSON.stringify({ messageId: ghost, attempt: -1, marker })),
       Buffer.concat([Buffer.from([0xff, 0xfe, 0xc3, 0x28]), Buffer.from(marker)]), // not UTF-8
     ];
+    // Poison bodies belong to no batch: they repeat one active JOB_PARKED alarm (counted in occurrences).
+    const poisonAlarm = async () => (await r.alarms({ type: 'JOB_PARKED' })).find((a) => a.messageId === null && a.state !== 'resolved');
+    const occurrencesBefore = (await poisonAlarm())?.occurrences ?? 0;
     const good = [await r.seedBatch(10), await r.seedBatch(10)];
     // Poison first, good jobs in between and behind: the consumer must get past every one of them.
     await publishRaw(r, unparseable.slice(0, 3));
@@ -121,9 +127,10 @@ describe('faults: RabbitMQ', function () {
     expect(await queueDepth(r.env, 'jobs'), 'jobs left in the queue').to.equal(0);
 
     const alarms = await poisonAlarms(r, marker, ghost);
-    const forUnparseable = alarms.filter((a) => a.messageId === null);
-    expect(forUnparseable, 'JOB_PARKED alarms for the unparseable bodies').to.have.length(unparseable.length);
-    for (const a of forUnparseable) expect(a.content).to.match(/^job parked: poison message: /);
+    const active = await poisonAlarm();
+    expect(active?.occurrences, 'the active JOB_PARKED alarm counts each unparseable body').to.equal(occurrencesBefore + unparseable.length);
+    expect(active!.content).to.match(/^job parked: poison message: /);
+    expect(JSON.stringify(active!.details) + active!.content, 'it shows the latest poison body').to.include(marker);
     expect(alarms.filter((a) => a.messageId === ghost), 'JOB_PARKED alarm for the job of an unknown batch').to.have.length(1);
 
     expect(svc.proc.exitCode, 'the service is still running').to.equal(null);

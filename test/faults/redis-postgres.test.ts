@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { queueDepth, waitFor } from '../helpers/env.js';
-import { FaultRig, metric, readiness, sleepMs } from '../helpers/fault-rig.js';
+import { FaultRig, metric, readiness, uidOf, waitForBackendsGone } from '../helpers/fault-rig.js';
 
 // Retry tiers long enough in total (7.5 s) to outlast each outage below, as production's (5 s, 30 s, 5 min)
 // outlast a short failover: the point is that jobs wait, not that they run out of retries.
@@ -100,15 +100,26 @@ describe('faults: Redis and PostgreSQL', function () {
     await r.post(api.url, batch);
     await waitFor('the worker mid-batch', async () => ((await r.counts(batch.id)).succeeded ?? 0) >= 10);
 
+    const retriesBefore = await metric(worker.url, 'pcp_job_retries_total');
     pgProxy.proxy.close();
     await waitFor('the worker’s readiness to show PostgreSQL down', async () => (await readiness(worker.url)).checks.postgres !== 'ok');
-    await sleepMs(1500);
+    // Its connections are cut, not closed: once their backends are gone, the ledger holds everything
+    // the worker will ever have written before the cut.
+    await waitForBackendsGone(r.db, worker.dbApplicationName);
+    const heldAtCut = await r.domainsIn(batch.id, 'in_progress');
+    expect(heldAtCut.length, 'claims the worker held at the cut').to.be.at.most(batchSize * concurrency);
+    // The job meets the outage twice (it fails, waits a tier, fails again) and the worker stays up.
+    await waitFor('the job to be retried twice during the outage', async () =>
+      (await metric(worker.url, 'pcp_job_retries_total')) >= retriesBefore + 2, 30_000);
     expect(worker.proc.exitCode, 'the worker stays up').to.equal(null);
+    expect(await metric(worker.url, 'pcp_jobs_parked_total'), 'parked jobs').to.equal(0);
     pgProxy.proxy.resume();
 
     await waitFor('every domain succeeded', () => r.allSucceeded([batch]), 60_000);
-    // A call that reached the platform but whose outcome could not be written is sent again: at most
-    // the calls in flight when PostgreSQL went away.
-    await r.assertNothingLost([batch], { maxDoubles: batchSize * concurrency });
+    // A call that reached the platform but whose outcome could not be written is sent again: only the
+    // calls in flight when PostgreSQL went away, i.e. domains the worker held at the cut.
+    const { doubles } = await r.assertNothingLost([batch], { maxDoubles: batchSize * concurrency });
+    const heldUids = new Set(heldAtCut.map(uidOf));
+    expect(doubles.filter((uid) => !heldUids.has(uid)), 'user ids deleted twice that were not held at the cut').to.deep.equal([]);
   });
 });

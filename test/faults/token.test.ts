@@ -35,17 +35,22 @@ describe('faults: the shared token', function () {
     await redis.set(`${tokenKey(r)}:last-fetch`, String(Date.now()), 'PX', 2500);
 
     // Watch the lock: the same holder (same value) still holding it past its TTL means it was extended.
+    // Timed on Redis's own clock, the one its TTL runs on, read in the same transaction as the value: a
+    // slow reply to this watcher can then neither stretch nor shorten what it measures.
     const firstSeen = new Map<string, number>();
     let longestHeldMs = 0;
     let watching = true;
     const watcher = (async () => {
       while (watching) {
-        const value = await redis!.get(`${tokenKey(r)}:lock`);
+        const replies = await redis!.multi().get(`${tokenKey(r)}:lock`).time().exec();
+        const value = replies?.[0]?.[1] as string | null | undefined;
+        const [sec, usec] = (replies?.[1]?.[1] ?? ['0', '0']) as [string, string];
+        const redisNowMs = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
         if (value) {
-          if (!firstSeen.has(value)) firstSeen.set(value, Date.now());
-          longestHeldMs = Math.max(longestHeldMs, Date.now() - firstSeen.get(value)!);
+          if (!firstSeen.has(value)) firstSeen.set(value, redisNowMs);
+          longestHeldMs = Math.max(longestHeldMs, redisNowMs - firstSeen.get(value)!);
         }
-        await sleepMs(25);
+        await sleepMs(25); // a polling pace, not a synchronisation
       }
     })();
     try {
@@ -158,12 +163,27 @@ describe('faults: the shared token', function () {
     for (let i = 0; i < 8; i++) batches.push(await r.seedBatch(60));
     for (const b of batches) await r.post(procs[0]!.url, b);
 
-    await waitFor('a first token', async () => r.sim.stats().tokenFetches >= 1);
-    const storm = setInterval(() => r.sim.invalidateToken(), 800);
+    // The storm follows the work, not the clock: another client takes the token each time another 60 of
+    // the 480 domains have been deleted, so every invalidation lands while most of the run is still ahead.
+    const total = batches.length * 60;
+    let nextAt = 60;
+    let storming = true;
+    const storm = (async () => {
+      while (storming) {
+        const deleted = r.sim.stats().entriesReceived;
+        if (deleted >= total) return;
+        if (deleted >= nextAt) {
+          r.sim.invalidateToken();
+          nextAt = deleted + 60;
+        }
+        await sleepMs(20); // a polling pace, not a synchronisation
+      }
+    })();
     try {
       await waitFor('every domain succeeded', () => r.allSucceeded(batches), 120_000);
     } finally {
-      clearInterval(storm);
+      storming = false;
+      await storm;
     }
 
     const stats = r.sim.stats();

@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { queueDepth, waitFor } from '../helpers/env.js';
-import { FaultRig, logCount, uidOf } from '../helpers/fault-rig.js';
+import { FaultRig, backendCount, logCount, loggedDomains, uidOf, waitForBackendsGone } from '../helpers/fault-rig.js';
 
 describe('faults: worker processes and signals', function () {
   let rig: FaultRig | undefined;
@@ -25,16 +25,28 @@ describe('faults: worker processes and signals', function () {
     await r.post(api.url, batch);
     await waitFor('the victim mid-batch', async () => ((await r.counts(batch.id)).succeeded ?? 0) >= 100, 30_000);
 
+    expect(await backendCount(r.db, victim.dbApplicationName), 'PostgreSQL backends of the victim before the kill').to.be.above(0);
     await victim.stop('SIGKILL');
     expect(victim.proc.signalCode).to.equal('SIGKILL');
-    const atKill = await r.counts(batch.id);
-    expect(atKill.succeeded, 'succeeded when the victim died').to.be.below(500);
-    expect(atKill.in_progress ?? 0, 'claims the victim held').to.be.at.most(batchSize * concurrency);
+    // The victim's last COMMIT may still land after its death (its backend runs what it had received):
+    // the ledger says what the victim finished only once its backends are gone.
+    await waitForBackendsGone(r.db, victim.dbApplicationName);
+    const finishedAtKill = new Set(await r.domainsIn(batch.id, 'succeeded'));
+    const heldAtKill = await r.domainsIn(batch.id, 'in_progress');
+    expect(finishedAtKill.size, 'succeeded when the victim died').to.be.below(500);
+    expect(heldAtKill.length, 'claims the victim held').to.be.at.most(batchSize * concurrency);
 
     const rescuer = await r.spawn('rescuer', { ROLE: 'worker' });
     await waitFor('all 500 domains succeeded', () => r.allSucceeded([batch]), 90_000);
-    await r.assertNothingLost([batch], { maxDoubles: batchSize * concurrency });
-    expect(logCount(rescuer, '"domain deleted"'), 'domains the rescuer finished').to.equal(500 - atKill.succeeded!);
+    const { doubles } = await r.assertNothingLost([batch], { maxDoubles: batchSize * concurrency });
+    // The rescuer finished exactly what the victim had not, each domain once.
+    const rescued = loggedDomains(rescuer, 'domain deleted').sort();
+    const leftByVictim = batch.domains.filter((d) => !finishedAtKill.has(d)).sort();
+    expect(rescued.length, 'domains the rescuer finished').to.equal(leftByVictim.length);
+    expect(rescued, 'domains the rescuer finished = those the victim had not').to.deep.equal(leftByVictim);
+    // Only calls in flight at the kill were repeated: every user id deleted twice was held by the victim.
+    const heldUids = new Set(heldAtKill.map(uidOf));
+    expect(doubles.filter((uid) => !heldUids.has(uid)), 'user ids deleted twice that the victim did not hold').to.deep.equal([]);
     expect(r.sim.stats().tokenFetches, 'the rescuer reuses the shared token').to.equal(1);
     await waitFor('jobs queue empty', async () => (await queueDepth(r.env, 'jobs')) === 0);
     expect(await queueDepth(r.env, 'parked')).to.equal(0);
@@ -56,8 +68,11 @@ describe('faults: worker processes and signals', function () {
     const code = await first.stop('SIGTERM');
     const tookMs = Date.now() - started;
     expect(code, 'exit code (0 = graceful)').to.equal(0);
+    // The deadline on the process's own clock: a shutdown step still running at SHUTDOWN_TIMEOUT_MS is cut
+    // and logs "release failed". Seen from here the time also holds signal delivery and process teardown,
+    // a few ms against a deadline that the calls in flight (200 ms) and the closes leave seconds away.
+    expect(logCount(first, 'release failed'), 'every releaser finished within the deadline').to.equal(0);
     expect(tookMs, 'exit within SHUTDOWN_TIMEOUT_MS').to.be.below(Number(r.env.SHUTDOWN_TIMEOUT_MS));
-    expect(logCount(first, 'release failed'), 'every releaser finished').to.equal(0);
 
     // Every call the platform answered was recorded before the exit: no domain left claimed, and the
     // ledger's successes match the platform's deletions one for one.

@@ -13,7 +13,7 @@ import type pg from 'pg';
 import { createSimulator, type Simulator, type SimulatorOptions, type SimulatorStats } from '../../src/simulator/server.js';
 import {
   SECPLAT_PASSWORD, callbackBody, cleanupNames, domainsFor, messageId, postCallback, seedInventory, spawnService, testDb,
-  testEnv, type ServiceProcess,
+  testEnv, waitFor, type ServiceProcess,
 } from './env.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 
@@ -29,6 +29,9 @@ export interface Batch { id: string; domains: string[] }
 const FINAL = new Set(['succeeded', 'failed', 'unknown_domain', 'unsupported']);
 
 export const uidOf = (domain: string) => `uid-${domain}`;
+
+/** A service process of the rig; its PostgreSQL connections carry `dbApplicationName` in pg_stat_activity. */
+export interface RigService extends ServiceProcess { readonly dbApplicationName: string }
 
 export class FaultRig {
   readonly services: ServiceProcess[] = [];
@@ -48,16 +51,24 @@ export class FaultRig {
       SECPLAT_CONCURRENCY: '2',
       DOMAIN_LEASE_MS: '1500',
       AMQP_CONFIRM_TIMEOUT_MS: '1000',
+      // The scenarios read the services' counters (see metric()); who may read /metrics is not their subject.
+      METRICS_AUTH: 'none',
       ...envOverrides,
     });
     return new FaultRig(sim, simUrl, testDb(), env);
   }
 
-  /** Starts a service process (src/main.ts) with the rig's environment plus `extra`. */
-  async spawn(instanceId: string, extra: Record<string, string> = {}): Promise<ServiceProcess> {
-    const svc = await spawnService({ ...this.env, INSTANCE_ID: instanceId, ...extra });
+  /**
+   * Starts a service process (src/main.ts) with the rig's environment plus `extra`. Its PostgreSQL
+   * connections (direct or through a proxy) are named after the scenario and `instanceId`, so a test can
+   * tell when the last of them is gone (see waitForBackendsGone).
+   */
+  async spawn(instanceId: string, extra: Record<string, string> = {}): Promise<RigService> {
+    const dbApplicationName = `${this.env.AMQP_PREFIX}-${instanceId}`;
+    const env = { ...this.env, INSTANCE_ID: instanceId, ...extra };
+    const svc = await spawnService(withDbApplicationName(env, dbApplicationName));
     this.services.push(svc);
-    return svc;
+    return Object.assign(svc, { dbApplicationName });
   }
 
   /** A proxy in front of what `variable` points at; returns it and the env override to give a service. */
@@ -85,6 +96,13 @@ export class FaultRig {
     expect(res.body).to.deep.equal({ success: true, messageId: batch.id, message: 'OK', status: 0 });
   }
 
+  /** The domains of a batch that are in `status` now, sorted. */
+  async domainsIn(id: string, status: string): Promise<string[]> {
+    const { rows } = await this.db.query<{ domain: string }>(
+      'SELECT domain FROM batch_domain WHERE message_id = $1 AND status = $2 ORDER BY domain', [id, status]);
+    return rows.map((r) => r.domain);
+  }
+
   async counts(id: string): Promise<Record<string, number>> {
     const { rows } = await this.db.query<{ status: string; n: number }>(
       'SELECT status, count(*)::int AS n FROM batch_domain WHERE message_id = $1 GROUP BY status', [id]);
@@ -105,9 +123,9 @@ export class FaultRig {
     return true;
   }
 
-  async alarms(filter: { messageIds?: string[]; since?: Date; type?: string }): Promise<{ alarmType: string; messageId: string | null; content: string; details: unknown }[]> {
-    const { rows } = await this.db.query<{ alarmType: string; messageId: string | null; content: string; details: unknown }>(
-      `SELECT alarm_type AS "alarmType", message_id AS "messageId", content, details FROM sys_task_process_alarm
+  async alarms(filter: { messageIds?: string[]; since?: Date; type?: string }): Promise<{ id: number; alarmType: string; messageId: string | null; content: string; details: unknown; state: string; occurrences: number }[]> {
+    const { rows } = await this.db.query<{ id: number; alarmType: string; messageId: string | null; content: string; details: unknown; state: string; occurrences: number }>(
+      `SELECT id::int, alarm_type AS "alarmType", message_id AS "messageId", content, details, state, occurrences FROM sys_task_process_alarm
        WHERE ($1::text[] IS NULL OR message_id = ANY($1)) AND ($2::timestamptz IS NULL OR created_at >= $2)
          AND ($3::text IS NULL OR alarm_type = $3)
        ORDER BY id`,
@@ -210,6 +228,43 @@ export async function metric(url: string, name: string, labelMatch = ''): Promis
 /** Number of log lines of a service process containing `text`. */
 export const logCount = (svc: ServiceProcess, text: string) => svc.logs.filter((l) => l.includes(text)).length;
 
+/** The `domain` of every JSON log line of a service process whose message is `message`, in log order. */
+export function loggedDomains(svc: ServiceProcess, message: string): string[] {
+  const out: string[] = [];
+  for (const line of svc.logs) {
+    let entry: { message?: unknown; domain?: unknown };
+    try { entry = JSON.parse(line) as typeof entry; } catch { continue; } // stderr chunks are not JSON
+    if (entry.message === message && typeof entry.domain === 'string') out.push(entry.domain);
+  }
+  return out;
+}
+
+/**
+ * `env` with DATABASE_URL asking PostgreSQL to list its connections as `name` (node-postgres passes the
+ * URL's `application_name` query parameter on as the startup parameter).
+ */
+export function withDbApplicationName(env: Record<string, string>, name: string): Record<string, string> {
+  const url = new URL(env.DATABASE_URL!);
+  url.searchParams.set('application_name', name);
+  return { ...env, DATABASE_URL: url.toString() };
+}
+
+/** PostgreSQL backends of this test database serving connections named `applicationName`. */
+export async function backendCount(db: pg.Pool, applicationName: string): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1', [applicationName]);
+  return rows[0]!.n;
+}
+
+/**
+ * Resolves once no PostgreSQL backend serves connections named `applicationName`. The backend of a client
+ * that was killed (or cut off) still runs what it had already received, a COMMIT included, and only then
+ * notices the closed socket and exits: once it is gone, what that client wrote is final.
+ */
+export async function waitForBackendsGone(db: pg.Pool, applicationName: string, timeoutMs = 30_000): Promise<void> {
+  await waitFor(`the PostgreSQL backends of ${applicationName} to end`, async () => (await backendCount(db, applicationName)) === 0, timeoutMs);
+}
+
 /** Runs an operator script (scripts/<name>.ts) as a real process with the given environment. */
 export function runScript(name: string, args: string[], env: Record<string, string>, timeoutMs = 90_000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -232,3 +287,17 @@ export function prng(seed: number): () => number {
 }
 
 export const sleepMs = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Resolves in the turn of the event loop in which `cond` first holds: it is checked once per turn, right
+ * after that turn's I/O callbacks. With the simulator in this process, a request handler that made `cond`
+ * true has then not got past its first timer (the reply delay), so the caller acts while that call is
+ * still in flight. Spins (yielding to I/O) while it waits: for short waits only.
+ */
+export async function inTheTurnItHolds(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}

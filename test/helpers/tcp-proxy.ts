@@ -16,6 +16,8 @@ export interface TcpProxy {
   readonly connections: number;
   /** Connections accepted since the proxy started (including refused ones). */
   readonly accepted: number;
+  /** Connections with bytes from the client held back while stalled (delivered by resume()). */
+  readonly holding: number;
   /** `url` with its host and port replaced by the proxy's (user, path and query kept). */
   url(url: string): string;
   /** Drops every connection (RST) and refuses new ones until resume(). */
@@ -97,6 +99,7 @@ export async function startTcpProxy(target: { host?: string; port: number }): Pr
     port,
     get connections() { return pairs.size; },
     get accepted() { return accepted; },
+    get holding() { return [...pairs].filter((p) => p.held.toUpstream.length > 0).length; },
     url(raw: string) {
       const u = new URL(raw);
       u.hostname = '127.0.0.1';

@@ -5,6 +5,9 @@ import { BadCredentialsError, SecplatRetryableError, TokenRejectedError } from '
 import { createLogger } from '../../src/lib/logger.js';
 import { createSecplatClient, type SecplatApi } from '../../src/secplat/client.js';
 import { createSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/server.js';
+import { waitFor } from '../helpers/env.js';
+import { inTheTurnItHolds } from '../helpers/fault-rig.js';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 
 // The platform's 401 body exactly as observed; kept literal here so a drift in the simulator shows up.
 const PLATFORM_401 = '{"_status":"ERR","_error":{"message":"The server could not verify that you are authorized to access the URL requested. You either supplied the wrong credentials (e.g. a bad password), or your browser doesn\'t understand how to supply the credentials required.","code":401}}';
@@ -24,6 +27,7 @@ describe('security-platform simulator', () => {
   let sim: Simulator | undefined;
   let url: string;
   let clients: { close(): void }[] = [];
+  let proxies: TcpProxy[] = [];
 
   async function startSim(opts: Partial<SimulatorOptions> = {}): Promise<Simulator> {
     sim = createSimulator({ password, ...opts });
@@ -52,6 +56,8 @@ describe('security-platform simulator', () => {
   afterEach(async () => {
     for (const c of clients) c.close();
     clients = [];
+    for (const p of proxies) await p.stop();
+    proxies = [];
     await sim?.stop();
     sim = undefined;
   });
@@ -123,9 +129,12 @@ describe('security-platform simulator', () => {
       await startSim({ tokenTtlSec: 1 });
       const api = client();
       const { accessToken, expiresInSec } = await api.fetchToken();
+      // Issued before this line ran, so it has expired by this time plus its lifetime.
+      const expiredBy = Date.now() + expiresInSec * 1000;
       expect(expiresInSec).to.equal(1);
       expect((await api.deleteUsers(accessToken, 1, ['a'])).succeeded).to.deep.equal(['a']);
-      await new Promise((r) => setTimeout(r, 1100));
+      // Waiting for the clock is the scenario here; +1 ms because timers may fire up to 1 ms early.
+      await new Promise((r) => setTimeout(r, Math.max(0, expiredBy - Date.now()) + 1));
       expect(await rejectionOf(api.deleteUsers(accessToken, 1, ['b']))).to.be.instanceOf(TokenRejectedError);
     });
 
@@ -233,11 +242,22 @@ describe('security-platform simulator', () => {
 
     it('when deletes overlap under latency, then maxConcurrentDeletes counts them and none stays in flight', async () => {
       const s = await startSim({ latencyMs: 100 });
+      // The calls go through a proxy that holds them until all five are sent, then delivers them at once:
+      // they overlap however slowly this machine gets them out.
+      const proxy = await startTcpProxy({ port: Number(new URL(url).port) });
+      proxies.push(proxy);
+      url = proxy.url(url).replace(/\/$/, '');
       const api = client();
       const { accessToken } = await api.fetchToken();
+      const ids = ['a', 'b', 'c', 'd', 'e'];
+      proxy.stall();
       const started = Date.now();
-      await Promise.all(['a', 'b', 'c', 'd', 'e'].map((id) => api.deleteUsers(accessToken, 1, [id])));
-      expect(Date.now() - started).to.be.at.least(95);
+      const calls = Promise.all(ids.map((id) => api.deleteUsers(accessToken, 1, [id])));
+      await waitFor('every call held at the proxy', async () => proxy.holding === ids.length, 10_000);
+      proxy.resume();
+      await calls;
+      // Each reply waits latencyMs on the simulator's timer (which fires at most 1 ms early).
+      expect(Date.now() - started).to.be.at.least(99);
       expect(s.stats()).to.include({ maxConcurrentDeletes: 5, inFlightDeletes: 0, deleteCalls: 5 });
     });
 
@@ -246,8 +266,10 @@ describe('security-platform simulator', () => {
       const api = client();
       const { accessToken } = await api.fetchToken();
       const inFlight = api.deleteUsers(accessToken, 1, ['a']);
-      await new Promise((r) => setTimeout(r, 50));
-      await api.fetchToken();
+      // Another client takes a token the moment the call has arrived, well before its reply is due.
+      await inTheTurnItHolds('the delete to arrive', () => s.stats().deleteCalls === 1);
+      s.invalidateToken();
+      expect(s.stats().inFlightDeletes, 'the delete still in flight when the new token was issued').to.equal(1);
       expect((await inFlight).succeeded).to.deep.equal(['a']);
       expect(await rejectionOf(api.deleteUsers(accessToken, 1, ['b']))).to.be.instanceOf(TokenRejectedError);
       expect(s.stats().deletedCounts).to.deep.equal({ a: 1 });
@@ -320,7 +342,9 @@ describe('security-platform simulator', () => {
       const started = Date.now();
       await Promise.all([s.stop(), s.stop()]);
       await s.stop();
-      expect(Date.now() - started).to.be.below(1000);
+      // A stop that waited on the idle socket would end only when the server's keep-alive timeout (Node's
+      // default, 5 s) closed it; half of that tells the two apart with seconds to spare either way.
+      expect(Date.now() - started, 'stop did not wait out the keep-alive timeout').to.be.below(2500);
       expect(await rejectionOf(api.fetchToken())).to.be.instanceOf(SecplatRetryableError);
     });
   });
