@@ -14,6 +14,8 @@ export function createMetrics() {
     outcomes: counter('pcp_domain_outcomes_total', 'Domain outcomes recorded, by status', ['status']),
     tokenFetches: counter('pcp_token_fetches_total', 'Token fetches at the security platform, by result', ['result']),
     unauthorized: counter('pcp_secplat_401_total', '401 answers from the security platform'),
+    // Counted by the one process that recorded the invalidation in Redis: sum over processes for the total.
+    tokenExternalInvalidations: counter('pcp_token_external_invalidations_total', 'Current tokens invalidated by another client, counted once per generation'),
     secplatCalls: counter('pcp_secplat_calls_total', 'delete_user_info calls, by result', ['result']),
     retries: counter('pcp_job_retries_total', 'Jobs sent to a retry tier, by tier', ['tier']),
     parked: counter('pcp_jobs_parked_total', 'Jobs sent to the parked queue'),

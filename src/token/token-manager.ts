@@ -6,21 +6,23 @@
  * only the holder of a redlock lock may fetch. The new token is written with a compare-and-set on the
  * generation, so a refresher whose lock ran out during a slow fetch cannot overwrite a newer token.
  * A 401 seen with generation g triggers a refresh only if g is still current. See CONTEXT.md, "The
- * incident this service must make impossible".
+ * incident this service must make impossible". What operators are told about the token (external
+ * invalidations, fetches per day, its state) is in token-watch.ts.
  */
 import type { Redis } from 'ioredis';
 import { ExecutionError, type Redlock } from '@sesamecare-oss/redlock';
 import type { Config } from '../config.js';
-import { AppError, BadCredentialsError, TokenRejectedError, TokenUnavailableError } from '../lib/errors.js';
+import { AppError, BadCredentialsError, DependencyUnavailableError, TokenRejectedError, TokenUnavailableError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
-import { sleep } from '../lib/shutdown.js';
+import { sleep } from '../lib/timing.js';
 import type { SecplatApi } from '../secplat/client.js';
+import { TokenWatch, tokenKeys, type TokenAlarm, type TokenState, type TokenWatchConfig } from './token-watch.js';
 
 export interface SharedToken { token: string; generation: number; expiresAt: number; lifetimeMs: number }
 
 type TokenConfig = Pick<Config, 'redisKeyPrefix' | 'tokenRefreshBeforeMs' | 'tokenMinFetchIntervalMs' | 'tokenLockTtlMs'
-  | 'tokenCircuitOpenMs' | 'secplatMax401Retries' | 'secplatTimeoutMs'>;
+  | 'tokenCircuitOpenMs' | 'secplatMax401Retries' | 'secplatTimeoutMs'> & TokenWatchConfig;
 
 export interface TokenManagerDeps {
   redis: Redis;
@@ -31,6 +33,8 @@ export interface TokenManagerDeps {
   config: TokenConfig;
   /** Called once each time the circuit opens because the credentials were refused. */
   onCircuitOpen?: (reason: string) => Promise<void>;
+  /** Raises TOKEN_CONTENTION and TOKEN_BUDGET (src/context.ts: raiseAlarm with messageId null). */
+  onAlarm?: (alarm: TokenAlarm) => Promise<void>;
 }
 
 // Writes the new token only if the generation is still the one the refresher read under its lock.
@@ -46,12 +50,14 @@ export async function storeTokenIfGeneration(redis: Redis, key: string, expected
 }
 
 export class TokenManager {
-  private readonly keys: { token: string; lock: string; lastFetch: string; circuit: string };
+  private readonly keys: ReturnType<typeof tokenKeys>;
   private readonly inflight = new Map<number, Promise<SharedToken>>();
+  private readonly watch: TokenWatch;
+  private readonly pendingAlarms = new Set<Promise<void>>();
 
   constructor(private readonly deps: TokenManagerDeps) {
-    const p = `${deps.config.redisKeyPrefix}:secplat:token`;
-    this.keys = { token: p, lock: `${p}:lock`, lastFetch: `${p}:last-fetch`, circuit: `${p}:circuit` };
+    this.keys = tokenKeys(deps.config.redisKeyPrefix);
+    this.watch = new TokenWatch({ redis: deps.redis, config: deps.config });
   }
 
   /** A token valid for a while yet; refreshes (once, cluster-wide) when it is missing or about to expire. */
@@ -79,6 +85,8 @@ export class TokenManager {
       } catch (err) {
         if (!(err instanceof TokenRejectedError)) throw err;
         this.deps.metrics?.unauthorized.inc();
+        // Before refreshing: afterwards the token used is no longer the stored one.
+        await this.noteRejection(token);
         if (rejections >= this.deps.config.secplatMax401Retries) throw err;
         this.deps.logger.info('token rejected, refreshing if still current', { tokenGeneration: err.generation });
         token = await this.refresh(err.generation);
@@ -102,6 +110,24 @@ export class TokenManager {
     const h = await this.redis(() => this.deps.redis.hgetall(this.keys.token));
     if (!h.token) return h.generation ? { token: '', generation: Number(h.generation), expiresAt: 0, lifetimeMs: 0 } : undefined;
     return { token: h.token, generation: Number(h.generation), expiresAt: Number(h.expiresAt), lifetimeMs: Number(h.lifetimeMs ?? 0) };
+  }
+
+  /**
+   * The token's state for operators (GET /api/token, `npm run token`, /metrics), never the token itself.
+   * Throws DependencyUnavailableError('redis') if Redis is down: a read for operators, not a token request,
+   * so the HTTP error handler answers 503 and the CLIs exit 1.
+   */
+  async state(): Promise<TokenState> {
+    try {
+      return await this.watch.state();
+    } catch (err) {
+      throw new DependencyUnavailableError('redis', `Redis unavailable: ${(err as Error).message}`, err);
+    }
+  }
+
+  /** Resolves once every alarm raised so far is written or has failed (and was logged); a releaser waits on it. */
+  async alarmsSettled(): Promise<void> {
+    await Promise.allSettled([...this.pendingAlarms]);
   }
 
   /** Milliseconds the bad-credentials circuit stays open (0 = closed). */
@@ -162,6 +188,12 @@ export class TokenManager {
     if (signal.aborted) throw new TokenUnavailableError('lost the token refresh lock before fetching');
     const { redis, client, logger, metrics, config } = this.deps;
     await this.redis(() => redis.set(this.keys.lastFetch, String(Date.now()), 'PX', Math.max(1, config.tokenMinFetchIntervalMs)));
+    // Counted before the request: a refused or failed request still counts against the platform's quota.
+    const today = await this.redis(() => this.watch.countFetch());
+    if (today.alarm) {
+      logger.warn('token fetches today reached 80 % of the daily budget', { day: today.day, fetchesToday: today.fetches, dailyBudget: config.tokenDailyBudget });
+      this.raise(this.watch.budgetAlarm(today.day, today.fetches));
+    }
     let fetched;
     try {
       fetched = await client.fetchToken();
@@ -184,6 +216,37 @@ export class TokenManager {
     }
     logger.info('security-platform token fetched', { tokenGeneration: written, expiresInSec: fetched.expiresInSec });
     return { token: fetched.accessToken, generation: written, expiresAt, lifetimeMs };
+  }
+
+  /** Counts a 401 on the still-current token as an external invalidation (once per generation, cluster-wide). */
+  private async noteRejection(used: SharedToken): Promise<void> {
+    const { logger, metrics, config } = this.deps;
+    let note;
+    try {
+      note = await this.watch.noteRejection(used);
+    } catch (err) {
+      // Bookkeeping only: the refresh that follows reports an unreachable Redis as TokenUnavailableError.
+      logger.warn('could not record the token rejection', { err: (err as Error).message });
+      return;
+    }
+    if (!note.counted) return;
+    metrics?.tokenExternalInvalidations.inc();
+    logger.warn('token invalidated by another client (likely another environment using our credentials)',
+      { tokenGeneration: used.generation, externalInvalidationsLastHour: note.lastHour });
+    if (note.lastHour > config.tokenContentionMax) this.raise(this.watch.contentionAlarm(note.lastHour));
+  }
+
+  /**
+   * Raises an alarm without waiting for it: the write goes to PostgreSQL, and a slow PostgreSQL must not
+   * hold the token refresh lock or delay the call that saw the 401.
+   */
+  private raise(alarm: TokenAlarm): void {
+    const { onAlarm, logger } = this.deps;
+    if (!onAlarm) return;
+    const p: Promise<void> = onAlarm(alarm)
+      .catch((err: unknown) => { logger.error('could not raise alarm', { alarmType: alarm.type, err }); })
+      .finally(() => this.pendingAlarms.delete(p));
+    this.pendingAlarms.add(p);
   }
 
   /** Sleeps out the minimum interval since the last fetch anywhere; true if it had to wait. */
