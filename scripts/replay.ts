@@ -5,7 +5,7 @@
 import cliProgress from 'cli-progress';
 import type { AppContext } from '../src/context.js';
 import { DependencyUnavailableError } from '../src/lib/errors.js';
-import { sleep } from '../src/lib/shutdown.js';
+import { sleep } from '../src/lib/timing.js';
 import { replayBatches, UnknownBatchError } from '../src/pipeline/replay.js';
 import { countByStatus, existingBatches, listDomains, type DomainRow, type StatusCounts } from '../src/store/ledger.js';
 import { createProgram, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';

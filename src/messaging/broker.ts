@@ -120,6 +120,28 @@ export class Broker {
     await this.publish(t.jobsExchange, t.jobRoutingKey, job);
   }
 
+  /**
+   * Messages waiting in the jobs queue, each retry tier (`retry_<ms>`) and the parked queue, for /metrics;
+   * undefined while not connected. Uses a short-lived channel of its own: checkQueue on a missing queue
+   * closes its channel, and on the publisher's that would recycle the whole connection.
+   */
+  async queueDepths(): Promise<Record<string, number> | undefined> {
+    if (!this.connection || !this.isConnected) return undefined;
+    const t = this.opts.topology;
+    const queues: [string, string][] = [
+      ['jobs', t.jobsQueue], ...t.retryQueues.map((q): [string, string] => [`retry_${q.delayMs}`, q.name]), ['parked', t.parkedQueue],
+    ];
+    const ch = await this.connection.createChannel();
+    ch.on('error', () => undefined); // a 404 closes only this channel; the caller sees the rejected checkQueue
+    try {
+      const depths: Record<string, number> = {};
+      for (const [label, name] of queues) depths[label] = (await ch.checkQueue(name)).messageCount;
+      return depths;
+    } finally {
+      await ch.close().catch(() => undefined);
+    }
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
