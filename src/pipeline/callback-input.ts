@@ -9,7 +9,10 @@ export const SUPPORTED_REQ_TYPES = new Set(['SELF_DOMAIN_DELETE']);
 /** The vendor's reqType vocabulary is upper-case identifiers; an unknown but well-formed one is kept as unsupported. */
 export const REQ_TYPE = /^[A-Z][A-Z0-9_]{0,63}$/;
 
-export interface CallbackInput { messageId: string; items: IncomingItem[] }
+/** An item as the vendor sent it; percent and process are null when absent (absent means finished). */
+export type CallbackItem = IncomingItem & { percent: number | null; process: boolean | null };
+
+export interface CallbackInput { messageId: string; items: CallbackItem[] }
 
 /** A ValidationError that still knows the messageId, so the error reply can echo it to the vendor. */
 export class CallbackRejectedError extends ValidationError {
@@ -109,7 +112,7 @@ export function parseCallback(body: unknown, maxItems: number): CallbackInput {
   if (b.data.length === 0) throw reject('data is empty');
   if (b.data.length > maxItems) throw reject(`data holds ${b.data.length} items; at most ${maxItems} are accepted per callback`);
 
-  const items = new Map<string, IncomingItem>();
+  const items = new Map<string, CallbackItem>();
   b.data.forEach((raw, i) => {
     if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw reject(`data[${i}] must be an object`);
     const item = raw as Record<string, unknown>;
@@ -121,7 +124,43 @@ export function parseCallback(body: unknown, maxItems: number): CallbackInput {
     if (typeof item.reqType !== 'string' || !REQ_TYPE.test(item.reqType)) {
       throw reject(`data[${i}].reqType must be 1 to 64 characters of A-Z, 0-9 or _, starting with a letter`);
     }
-    if (!items.has(domain)) items.set(domain, { domain, reqType: item.reqType, supported: SUPPORTED_REQ_TYPES.has(item.reqType) });
+    const percent = parsePercent(item, i, reject);
+    const inProcess = parseProcess(item, i, reject);
+    const seen = items.get(domain);
+    if (!seen) {
+      items.set(domain, { domain, reqType: item.reqType, supported: SUPPORTED_REQ_TYPES.has(item.reqType), percent, process: inProcess });
+    } else {
+      // A domain listed twice counts once; if either entry says the pipeline is not done, it is not done.
+      seen.percent = seen.percent === null ? percent : percent === null ? seen.percent : Math.min(seen.percent, percent);
+      seen.process = seen.process === null ? inProcess : inProcess === null ? seen.process : seen.process || inProcess;
+    }
   });
   return { messageId, items: [...items.values()] };
+}
+
+/** How a refused value is shown in the reason: JSON text, bounded (Infinity is what `1e400` parses to). */
+function shown(v: unknown): string {
+  if (typeof v === 'number' && !Number.isFinite(v)) return String(v);
+  return String(JSON.stringify(v)).slice(0, 40);
+}
+
+/**
+ * `percent`: absent means finished; otherwise a finite JSON number from 0 to 1. Strict on purpose: "1.0"
+ * or 100 ("100 %", or a mistake?) read the wrong way would delete a domain the pipeline is still working on.
+ */
+function parsePercent(item: Record<string, unknown>, i: number, reject: (msg: string) => Error): number | null {
+  if (!Object.hasOwn(item, 'percent')) return null;
+  const v = item.percent;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 1) {
+    throw reject(`data[${i}].percent must be a JSON number from 0 to 1 (1 = finished), not ${shown(v)}`);
+  }
+  return v;
+}
+
+/** `process`: absent means finished; otherwise a JSON boolean (true = the pipeline is still working on it). */
+function parseProcess(item: Record<string, unknown>, i: number, reject: (msg: string) => Error): boolean | null {
+  if (!Object.hasOwn(item, 'process')) return null;
+  const v = item.process;
+  if (typeof v !== 'boolean') throw reject(`data[${i}].process must be a JSON boolean (true or false), not ${shown(v)}`);
+  return v;
 }

@@ -4,10 +4,14 @@
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
 import type { Job } from '../messaging/broker.js';
+import { raiseAlarm } from '../store/alarms.js';
 import { withTransaction, type Db } from '../store/db.js';
-import { findStalled, findUnpublished, markPublished, markPublishFailed, markRelayed } from '../store/ledger.js';
+import {
+  findAwaitingOverdue, findStalled, findUnpublished, markPublished, markPublishFailed, markRelayed, type AwaitingBatch,
+} from '../store/ledger.js';
 
 const STALLED_SWEEP_LOCK = 728_341_002;
+const AWAITING_CHECK_LOCK = 728_341_003;
 
 export interface JobPublisher { publishJob(job: Job): Promise<void> }
 
@@ -33,12 +37,17 @@ export async function publishBatchJob(deps: PublishDeps, messageId: string, upda
 
 export interface RelayOptions { intervalMs: number; retryTiersMs: readonly number[]; confirmTimeoutMs: number }
 
+/** The relay also checks on domains awaiting the pipeline; AWAITING_PIPELINE_ALARM_MS comes from the config. */
+export interface RelayDeps extends PublishDeps { config: { awaitingPipelineAlarmMs: number } }
+
 /**
- * Every interval: publishes batches whose job the broker never confirmed, and re-publishes batches whose
+ * Every interval: publishes batches whose job the broker never confirmed, re-publishes batches whose
  * open domains nobody has touched for longer than the longest retry delay (a lost or parked job, a dead
- * worker). Jobs are idempotent, so publishing one twice costs a no-op, never a double delete.
+ * worker), and raises an AWAITING_PIPELINE alarm for batches whose domains the pipeline has reported
+ * unfinished for longer than AWAITING_PIPELINE_ALARM_MS. Jobs are idempotent, so publishing one twice
+ * costs a no-op, never a double delete.
  */
-export function startRelay(deps: PublishDeps, opts: RelayOptions): { stop(): Promise<void>; runOnce(): Promise<number> } {
+export function startRelay(deps: RelayDeps, opts: RelayOptions): { stop(): Promise<void>; runOnce(): Promise<number> } {
   // Leave a batch to the request that stored it until that request's publish has surely ended.
   const unpublishedAfterMs = opts.confirmTimeoutMs + 1000;
   const stalledAfterMs = Math.max(...opts.retryTiersMs) + 60_000;
@@ -66,6 +75,9 @@ export function startRelay(deps: PublishDeps, opts: RelayOptions): { stop(): Pro
         break;
       }
     }
+    // Its own step: a failure here must not cost the publishing above, nor the other way round.
+    await alarmAwaitingPipeline(deps, deps.config.awaitingPipelineAlarmMs)
+      .catch((err: Error) => deps.logger.warn('awaiting-pipeline check failed; will try again', { err: err.message }));
     return published;
   };
 
@@ -90,4 +102,39 @@ export function startRelay(deps: PublishDeps, opts: RelayOptions): { stop(): Pro
       await running?.catch(() => undefined);
     },
   };
+}
+
+/**
+ * One AWAITING_PIPELINE alarm per batch whose domains have awaited the pipeline longer than `thresholdMs`,
+ * naming the first 20 of them and their count; repeated once per period while they wait (raiseAlarm counts
+ * a repeat of an active alarm as an occurrence). One process at a time: the check and the alarm writes
+ * share a transaction holding the lock, so two relays cannot both see a batch as not yet alarmed.
+ */
+export async function alarmAwaitingPipeline(deps: Pick<PublishDeps, 'db' | 'logger'>, thresholdMs: number): Promise<AwaitingBatch[]> {
+  const alarmed = await withTransaction(deps.db, async (client) => {
+    const { rows } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS ok', [AWAITING_CHECK_LOCK]);
+    if (!rows[0]!.ok) return [];
+    const overdue = await findAwaitingOverdue(client, thresholdMs, 100);
+    for (const b of overdue) {
+      const listed = b.domains.map((d) => `${d.domain} (percent ${d.percent ?? 'not sent'}, process ${d.process ?? 'not sent'})`).join(', ');
+      await raiseAlarm(client, {
+        messageId: b.messageId,
+        type: 'AWAITING_PIPELINE',
+        content: `${b.count} domain(s) of ${b.messageId} reported unfinished by the pipeline for over ${formatDuration(thresholdMs)} `
+          + `(since ${b.since.toISOString()}), not deleted until a callback reports them finished: ${listed}`
+          + `${b.count > b.domains.length ? `, and ${b.count - b.domains.length} more` : ''}`,
+        // Not `domainsTotal`: the alarm list view adds <array>Total itself, from the array it holds.
+        details: { awaitingCount: b.count, domains: b.domains, since: b.since, thresholdMs },
+      });
+    }
+    return overdue;
+  });
+  for (const b of alarmed) deps.logger.warn('domains still awaiting the pipeline; alarm raised', { messageId: b.messageId, count: b.count });
+  return alarmed;
+}
+
+function formatDuration(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000} h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000} min`;
+  return `${ms / 1000} s`;
 }

@@ -6,10 +6,19 @@ import type pg from 'pg';
 import type { Db, Queryable } from './db.js';
 import { withTransaction } from './db.js';
 
-export const DOMAIN_STATUSES = ['pending', 'in_progress', 'succeeded', 'failed', 'retryable', 'unsupported', 'unknown_domain'] as const;
+export const DOMAIN_STATUSES = ['pending', 'in_progress', 'succeeded', 'failed', 'retryable', 'unsupported', 'unknown_domain', 'awaiting_pipeline'] as const;
 export type DomainStatus = (typeof DOMAIN_STATUSES)[number];
 
-export interface IncomingItem { domain: string; reqType: string; supported: boolean }
+/**
+ * One domain of a callback. `percent` and `process` are the vendor's progress fields as sent; absent (or
+ * null here) means finished.
+ */
+export interface IncomingItem { domain: string; reqType: string; supported: boolean; percent?: number | null; process?: boolean | null }
+
+/** The pipeline is done with a domain unless it says it is still working on it (process) or not at 100 %. */
+export function finishedInPipeline(item: Pick<IncomingItem, 'percent' | 'process'>): boolean {
+  return item.process !== true && (item.percent == null || item.percent >= 1);
+}
 
 export interface DomainRow {
   messageId: string;
@@ -19,6 +28,9 @@ export interface DomainRow {
   attempts: number;
   userIdCdn: string | null;
   detail: string | null;
+  /** The vendor's progress fields from the latest callback of this messageId (null: not sent). */
+  percent: number | null;
+  process: boolean | null;
   claimedBy: string | null;
   updatedAt: Date;
   finishedAt: Date | null;
@@ -37,16 +49,24 @@ export interface BatchRow {
 export type StatusCounts = Record<DomainStatus, number>;
 
 const DOMAIN_COLUMNS = `message_id AS "messageId", domain, req_type AS "reqType", status, attempts,
-  user_id_cdn AS "userIdCdn", detail, claimed_by AS "claimedBy", updated_at AS "updatedAt", finished_at AS "finishedAt"`;
+  user_id_cdn AS "userIdCdn", detail, percent, process, claimed_by AS "claimedBy", updated_at AS "updatedAt", finished_at AS "finishedAt"`;
+
+/** The note an awaiting_pipeline row carries, from SQL expressions for its percent and process. */
+const awaitingDetail = (percent: string, process: string) => `'the pipeline reports it unfinished (percent '
+  || coalesce(${percent}::text, 'not sent') || ', process ' || coalesce(${process}::text, 'not sent')
+  || '); held until a callback of this messageId reports it finished'`;
 
 /**
  * Stores one callback in the caller's transaction: audit row, batch (merged with an earlier callback of
- * the same messageId), and one row per new domain. Known domains are left as they are.
+ * the same messageId), and one row per new domain: pending, unsupported, or awaiting_pipeline when the
+ * pipeline reports it unfinished. Known domains keep their status, except that an awaiting one the
+ * pipeline now reports finished becomes pending; every known domain stores the progress fields reported now.
+ * Returns the domains added, known, resumed (awaiting -> pending) and awaiting after this callback.
  */
 export async function recordCallback(
   client: pg.PoolClient,
   input: { messageId: string; remoteAddr: string | undefined; body: unknown; items: IncomingItem[] },
-): Promise<{ added: string[]; known: string[]; updatedAt: Date }> {
+): Promise<{ added: string[]; known: string[]; resumed: string[]; awaiting: string[]; updatedAt: Date }> {
   await client.query(
     'INSERT INTO callback_audit (message_id, remote_addr, item_count, body) VALUES ($1, $2, $3, $4)',
     [input.messageId, input.remoteAddr ?? null, input.items.length, JSON.stringify(input.body)],
@@ -57,18 +77,61 @@ export async function recordCallback(
      RETURNING updated_at AS "updatedAt"`,
     [input.messageId],
   );
-  const { rows } = await client.query<{ domain: string }>(
-    `INSERT INTO batch_domain (message_id, domain, req_type, status, detail, finished_at)
-     SELECT $1, d, t, CASE WHEN s THEN 'pending' ELSE 'unsupported' END,
-            CASE WHEN s THEN NULL ELSE 'unsupported reqType ' || t END,
-            CASE WHEN s THEN NULL ELSE now() END
-     FROM unnest($2::text[], $3::text[], $4::boolean[]) AS x(d, t, s)
+  const percents = input.items.map((i) => i.percent ?? null);
+  const processes = input.items.map((i) => i.process ?? null);
+  const finished = input.items.map(finishedInPipeline);
+  // An unsupported reqType is never a deletion, finished or not: it stays unsupported whatever the progress.
+  const { rows } = await client.query<{ domain: string; status: DomainStatus }>(
+    `INSERT INTO batch_domain (message_id, domain, req_type, status, detail, finished_at, percent, process)
+     SELECT $1, d, t, CASE WHEN NOT s THEN 'unsupported' WHEN f THEN 'pending' ELSE 'awaiting_pipeline' END,
+            CASE WHEN NOT s THEN 'unsupported reqType ' || t WHEN f THEN NULL ELSE ${awaitingDetail('p', 'pr')} END,
+            CASE WHEN s THEN NULL ELSE now() END, p, pr
+     FROM unnest($2::text[], $3::text[], $4::boolean[], $5::real[], $6::boolean[], $7::boolean[]) AS x(d, t, s, p, pr, f)
      ON CONFLICT (message_id, domain) DO NOTHING
-     RETURNING domain`,
-    [input.messageId, input.items.map((i) => i.domain), input.items.map((i) => i.reqType), input.items.map((i) => i.supported)],
+     RETURNING domain, status`,
+    [input.messageId, input.items.map((i) => i.domain), input.items.map((i) => i.reqType), input.items.map((i) => i.supported),
+      percents, processes, finished],
   );
   const added = new Set(rows.map((r) => r.domain));
-  return { added: [...added], known: input.items.map((i) => i.domain).filter((d) => !added.has(d)), updatedAt: batch.rows[0]!.updatedAt };
+  const awaiting = rows.filter((r) => r.status === 'awaiting_pipeline').map((r) => r.domain);
+  const knownIdx = input.items.flatMap((item, i) => (added.has(item.domain) ? [] : [i]));
+  const resumed: string[] = [];
+  if (knownIdx.length > 0) {
+    // Two updates of disjoint rows in one round trip. Awaiting rows are changed only here, and callbacks of
+    // one messageId are serialised by the batch row locked above, so their status cannot move meanwhile.
+    // A finished domain is never sent back to awaiting: once the pipeline said "done" it may be deleted.
+    // Other rows are written only when their progress fields changed (a repeat callback stays cheap), and
+    // keep their updated_at, which the stalled sweep reads as "last touched by a worker".
+    const known = await client.query<{ domain: string; status: DomainStatus; resumed: boolean }>(
+      `WITH x AS (SELECT * FROM unnest($2::text[], $3::real[], $4::boolean[], $5::boolean[]) AS x(d, p, pr, f)),
+       resumed AS (
+         UPDATE batch_domain b SET status = 'pending', percent = x.p, process = x.pr, detail = NULL, updated_at = now()
+         FROM x WHERE b.message_id = $1 AND b.domain = x.d AND b.status = 'awaiting_pipeline' AND x.f
+         RETURNING b.domain, b.status),
+       progressed AS (
+         UPDATE batch_domain b SET percent = x.p, process = x.pr,
+                detail = CASE WHEN b.status = 'awaiting_pipeline' THEN ${awaitingDetail('x.p', 'x.pr')} ELSE b.detail END,
+                updated_at = CASE WHEN b.status = 'awaiting_pipeline' THEN now() ELSE b.updated_at END
+         FROM x WHERE b.message_id = $1 AND b.domain = x.d AND NOT (b.status = 'awaiting_pipeline' AND x.f)
+           AND (b.status = 'awaiting_pipeline' OR (b.percent, b.process) IS DISTINCT FROM (x.p, x.pr))
+         RETURNING b.domain, b.status)
+       SELECT domain, status, true AS resumed FROM resumed
+       UNION ALL SELECT domain, status, false FROM progressed`,
+      [input.messageId, knownIdx.map((i) => input.items[i]!.domain), knownIdx.map((i) => percents[i]),
+        knownIdx.map((i) => processes[i]), knownIdx.map((i) => finished[i])],
+    );
+    for (const r of known.rows) {
+      if (r.resumed) resumed.push(r.domain);
+      else if (r.status === 'awaiting_pipeline') awaiting.push(r.domain);
+    }
+  }
+  return {
+    added: [...added],
+    known: input.items.map((i) => i.domain).filter((d) => !added.has(d)),
+    resumed,
+    awaiting,
+    updatedAt: batch.rows[0]!.updatedAt,
+  };
 }
 
 export async function markRelayed(db: Queryable, messageId: string): Promise<void> {
@@ -100,7 +163,8 @@ export async function requestPublish(db: Queryable, messageIds: string[]): Promi
 
 /**
  * Batches whose open domains nobody is working on: pending or retryable untouched for `idleMs` (a job lost
- * between queues, or never published), or in progress past their lease (the worker died).
+ * between queues, or never published), or in progress past their lease (the worker died). Awaiting_pipeline
+ * domains are not open: they wait for the vendor's next callback, which brings its own job.
  */
 export async function findStalled(db: Queryable, idleMs: number, limit: number): Promise<{ messageId: string; updatedAt: Date }[]> {
   const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
@@ -113,6 +177,38 @@ export async function findStalled(db: Queryable, idleMs: number, limit: number):
          OR (d.status = 'in_progress' AND d.claimed_until < now())))
      ORDER BY b.updated_at LIMIT $2`,
     [idleMs, limit],
+  );
+  return rows;
+}
+
+/** A batch with domains the pipeline has reported unfinished for too long. */
+export interface AwaitingBatch {
+  messageId: string;
+  /** How many of its domains have been awaiting longer than the threshold. */
+  count: number;
+  /** The first 20 of them, by name, with the progress last reported. */
+  domains: { domain: string; percent: number | null; process: boolean | null }[];
+  /** When the longest-waiting of them was stored. */
+  since: Date;
+}
+
+/**
+ * Batches with domains awaiting the pipeline for longer than `olderThanMs` that were not alarmed about in
+ * the last `olderThanMs` (so a batch is named again once per period while it waits, not at every check,
+ * and not again right after an operator resolved its alarm). Served by batch_domain_awaiting, which holds
+ * awaiting rows only, and the alarm table's message_id index.
+ */
+export async function findAwaitingOverdue(db: Queryable, olderThanMs: number, limit: number): Promise<AwaitingBatch[]> {
+  const { rows } = await db.query<AwaitingBatch>(
+    `SELECT d.message_id AS "messageId", count(*)::int AS count, min(d.created_at) AS since,
+            to_json((array_agg(json_build_object('domain', d.domain, 'percent', d.percent, 'process', d.process) ORDER BY d.domain))[1:20]) AS domains
+     FROM batch_domain d
+     WHERE d.status = 'awaiting_pipeline' AND d.created_at < now() - make_interval(secs => $1::double precision / 1000)
+       AND NOT EXISTS (SELECT 1 FROM sys_task_process_alarm a
+                       WHERE a.message_id = d.message_id AND a.alarm_type = 'AWAITING_PIPELINE'
+                         AND a.last_seen_at >= now() - make_interval(secs => $1::double precision / 1000))
+     GROUP BY d.message_id ORDER BY min(d.created_at) LIMIT $2`,
+    [olderThanMs, limit],
   );
   return rows;
 }

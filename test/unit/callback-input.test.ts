@@ -5,6 +5,7 @@
 import { expect } from 'chai';
 import { ValidationError } from '../../src/lib/errors.js';
 import { CallbackRejectedError, normalizeHostname, parseCallback } from '../../src/pipeline/callback-input.js';
+import { finishedInPipeline } from '../../src/store/ledger.js';
 
 const ID = 'pm0e83d5aac99c4c7aac37a2d4f341ea26';
 const item = (targetName: unknown, reqType: unknown = 'SELF_DOMAIN_DELETE') => ({ percent: 1.0, process: false, reqType, targetName });
@@ -76,8 +77,8 @@ describe('callback input', function () {
       expect(parseCallback(body, 100)).to.deep.equal({
         messageId: ID,
         items: [
-          { domain: 'tjj.example.gov.cn', reqType: 'SELF_DOMAIN_DELETE', supported: true },
-          { domain: 'www.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true },
+          { domain: 'tjj.example.gov.cn', reqType: 'SELF_DOMAIN_DELETE', supported: true, percent: 1, process: false },
+          { domain: 'www.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true, percent: 1, process: false },
         ],
       });
     });
@@ -90,14 +91,14 @@ describe('callback input', function () {
 
     it('when an item is a wildcard domain, then it is accepted', function () {
       const { items } = parseCallback({ data: [item('*.example.com')], messageId: ID }, 10);
-      expect(items).to.deep.equal([{ domain: '*.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true }]);
+      expect(items).to.deep.equal([{ domain: '*.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true, percent: 1, process: false }]);
     });
 
     it('when an item has an unknown reqType, then it is kept with supported:false (not rejected)', function () {
       const { items } = parseCallback({ data: [item('a.example.com'), item('b.example.com', 'SELF_DOMAIN_ADD')], messageId: ID }, 10);
       expect(items).to.deep.equal([
-        { domain: 'a.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true },
-        { domain: 'b.example.com', reqType: 'SELF_DOMAIN_ADD', supported: false },
+        { domain: 'a.example.com', reqType: 'SELF_DOMAIN_DELETE', supported: true, percent: 1, process: false },
+        { domain: 'b.example.com', reqType: 'SELF_DOMAIN_ADD', supported: false, percent: 1, process: false },
       ]);
     });
 
@@ -213,6 +214,83 @@ describe('callback input', function () {
       const types = ['X', `S${'_'.repeat(63)}`, 'SELF_DOMAIN_DELETE_V2'];
       const { items } = parseCallback({ data: types.map((t, i) => item(`d${i}.example.com`, t)), messageId: ID }, 10);
       expect(items.map((i) => [i.reqType, i.supported])).to.deep.equal(types.map((t) => [t, false]));
+    });
+  });
+
+  describe('the vendor\'s progress fields (percent, process)', function () {
+    /** An item with only the given progress fields (the others as in the seed). */
+    const progress = (fields: Record<string, unknown>) => ({ reqType: 'SELF_DOMAIN_DELETE', targetName: 'b.example.com', ...fields });
+    const parse = (second: Record<string, unknown>) => parseCallback({ data: [item('a.example.com'), second], messageId: ID }, 10).items[1]!;
+
+    it('when percent and process are absent, then they are null and the item counts as finished', function () {
+      const parsed = parse({ reqType: 'SELF_DOMAIN_DELETE', targetName: 'b.example.com' });
+      expect(parsed).to.include({ percent: null, process: null });
+      expect(finishedInPipeline(parsed)).to.equal(true);
+    });
+
+    const accepted: [string, Record<string, unknown>, boolean][] = [
+      ['percent 1.0 and process false (the seed)', { percent: 1.0, process: false }, true],
+      ['percent 1 and process absent', { percent: 1 }, true],
+      ['process false and percent absent', { process: false }, true],
+      ['process true', { percent: 1, process: true }, false],
+      ['percent 0.5', { percent: 0.5, process: false }, false],
+      ['percent 0', { percent: 0 }, false],
+      ['percent 0.99999', { percent: 0.99999, process: false }, false],
+    ];
+    for (const [what, fields, finished] of accepted) {
+      it(`when an item has ${what}, then the values are kept as sent and it counts as ${finished ? 'finished' : 'unfinished'}`, function () {
+        const parsed = parse(progress(fields));
+        expect(parsed.percent).to.equal('percent' in fields ? fields.percent : null);
+        expect(parsed.process).to.equal('process' in fields ? fields.process : null);
+        expect(finishedInPipeline(parsed)).to.equal(finished);
+      });
+    }
+
+    const badPercents: [string, unknown, string][] = [
+      ['the string "1.0"', '1.0', '"1.0"'],
+      ['100 (a percentage?)', 100, '100'],
+      ['1.01', 1.01, '1.01'],
+      ['negative', -0.1, '-0.1'],
+      ['null', null, 'null'],
+      ['a boolean', true, 'true'],
+      ['an object', { value: 1 }, '{"value":1}'],
+    ];
+    for (const [what, percent, shownAs] of badPercents) {
+      it(`when percent is ${what}, then the callback is rejected with a reason naming data[1].percent`, function () {
+        const err = rejection(() => parseCallback({ data: [item('a.example.com'), progress({ percent, process: false })], messageId: ID }, 10));
+        expect(err.status).to.equal(400);
+        expect(err.messageId).to.equal(ID);
+        expect(err.message).to.equal(`data[1].percent must be a JSON number from 0 to 1 (1 = finished), not ${shownAs}`);
+      });
+    }
+
+    it('when percent is 1e400 in the JSON text (Infinity once parsed), then it is rejected as not finite', function () {
+      const body = JSON.parse(`{"data":[{"percent":1e400,"process":false,"reqType":"SELF_DOMAIN_DELETE","targetName":"a.example.com"}],"messageId":"${ID}"}`) as unknown;
+      const err = rejection(() => parseCallback(body, 10));
+      expect(err.message).to.equal('data[0].percent must be a JSON number from 0 to 1 (1 = finished), not Infinity');
+    });
+
+    const badProcesses: [string, unknown, string][] = [
+      ['the string "false"', 'false', '"false"'],
+      ['0', 0, '0'],
+      ['1', 1, '1'],
+      ['null', null, 'null'],
+    ];
+    for (const [what, processValue, shownAs] of badProcesses) {
+      it(`when process is ${what}, then the callback is rejected with a reason naming data[1].process`, function () {
+        const err = rejection(() => parseCallback({ data: [item('a.example.com'), progress({ percent: 1, process: processValue })], messageId: ID }, 10));
+        expect(err.status).to.equal(400);
+        expect(err.messageId).to.equal(ID);
+        expect(err.message).to.equal(`data[1].process must be a JSON boolean (true or false), not ${shownAs}`);
+      });
+    }
+
+    it('when one callback lists a domain twice, once finished and once unfinished, then it counts once and as unfinished', function () {
+      const body = { data: [item('a.example.com'), { ...item('A.example.com.'), percent: 0.4, process: true }, { ...item('a.example.com'), percent: 0.7 }], messageId: ID };
+      const { items } = parseCallback(body, 10);
+      expect(items).to.have.length(1);
+      expect(items[0]).to.include({ domain: 'a.example.com', percent: 0.4, process: true });
+      expect(finishedInPipeline(items[0]!)).to.equal(false);
     });
   });
 
