@@ -1,9 +1,13 @@
 /**
  * npm run alarms -- [messageId…]: the alarm rows of some batches (or of a time window) together with each
  * batch's current state, replacing ad-hoc `tag LIKE '%<messageId>%'` queries on sys_task_process_alarm.
+ * npm run alarms -- ack|resolve <id…>: move alarms along their lifecycle (open → acknowledged → resolved).
  */
-import { InvalidArgumentError } from 'commander';
-import { findAlarms } from '../src/store/alarms.js';
+import os from 'node:os';
+import { InvalidArgumentError, Option } from 'commander';
+import {
+  ALARM_STATES, acknowledgeAlarms, listAlarms, resolveAlarms, type AlarmLifecycleRow, type AlarmState,
+} from '../src/store/alarm-lifecycle.js';
 import { countByStatus, listDomains, type DomainStatus } from '../src/store/ledger.js';
 import { createProgram, escapeControl, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';
 
@@ -39,21 +43,26 @@ function parseSince(value: string): Date {
   return new Date(ms);
 }
 
-await runCli(async () => {
-  const program = createProgram('alarms', 'List alarms (sys_task_process_alarm) by messageId and/or time, with each batch\'s counts by status and its failing domains.')
-    .argument('[messageId...]', 'only alarms of these batches (exact messageIds, no LIKE)')
-    .option('--since <date>', 'only alarms raised at or after this time: ISO date/date-time from 1970 on, or a look-back (30m, 6h, 2d)', parseSince)
-    .option('--limit <n>', 'at most this many alarm rows, newest first', integer(1, 10_000), 100)
-    .option('--json', 'print one JSON object {alarms, batches} instead of tables')
-    .addHelpText('after', `
-Failing domains are those with status ${FAILING.join(', ')}; replay them with \`npm run replay -- <messageId>\`.
-Exit codes: 0 shown (also when nothing matched), 1 a dependency is down, 2 usage error.`)
-    .parse();
-  const messageIds = [...new Set(program.processedArgs[0] as string[])];
-  const opts = program.opts<{ since?: Date; limit: number; json?: boolean }>();
+/** The OS user running the command: who acknowledged or resolved, unless --by says otherwise. */
+function osUser(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    // A container user without a passwd entry.
+    return process.env.USER ?? process.env.LOGNAME ?? 'unknown';
+  }
+}
 
+const alarmId = integer(1);
+const collectIds = (value: string, previous: number[] = []) => [...previous, alarmId(value)];
+
+interface ListOptions { since?: Date; limit: number; json?: boolean; state?: AlarmState | 'all' }
+interface StepOptions { note?: string; by: string; json?: boolean }
+
+async function list(messageIds: string[], opts: ListOptions): Promise<number> {
+  const states = opts.state === undefined ? undefined : opts.state === 'all' ? ALARM_STATES : [opts.state];
   return withContext(async ({ db }) => {
-    const alarms = await findAlarms(db, { messageIds, since: opts.since, limit: opts.limit });
+    const alarms = await listAlarms(db, { messageIds, since: opts.since, limit: opts.limit, states });
     const ids = [...new Set([...messageIds, ...alarms.flatMap((a) => (a.messageId ? [a.messageId] : []))])];
     const counts = await countByStatus(db, ids);
     const batches = await Promise.all(ids.map(async (id) => ({
@@ -66,9 +75,9 @@ Exit codes: 0 shown (also when nothing matched), 1 a dependency is down, 2 usage
       console.log(JSON.stringify({ alarms, batches }, null, 2));
       return 0;
     }
-    console.log(alarms.length === 0 ? 'no alarms matched' : formatTable(
-      ['raised', 'messageId', 'type', 'content'],
-      alarms.map((a) => [a.createdAt, a.messageId ?? '-', a.alarmType, a.content]),
+    console.log(alarms.length === 0 ? `no ${opts.state === 'all' ? '' : `${opts.state ?? 'open or acknowledged'} `}alarms matched` : formatTable(
+      ['id', 'state', 'seen', 'raised', 'last seen', 'messageId', 'type', 'content'],
+      alarms.map((a) => [a.id, a.state, a.occurrences, a.createdAt, a.lastSeenAt, a.messageId ?? '-', a.alarmType, a.content]),
     ));
     if (alarms.length === opts.limit) console.error(`showing the newest ${opts.limit} alarms; raise --limit or narrow --since to see more`);
     for (const b of batches) {
@@ -79,4 +88,54 @@ Exit codes: 0 shown (also when nothing matched), 1 a dependency is down, 2 usage
     }
     return 0;
   });
+}
+
+async function step(action: 'ack' | 'resolve', ids: number[], opts: StepOptions): Promise<number> {
+  return withContext(async ({ db }) => {
+    const input = { ids, by: opts.by, note: opts.note };
+    const changed: AlarmLifecycleRow[] = action === 'ack' ? await acknowledgeAlarms(db, input) : await resolveAlarms(db, input);
+    if (opts.json) {
+      console.log(JSON.stringify({ alarms: changed }, null, 2));
+      return 0;
+    }
+    console.log(formatTable(['id', 'state', 'by', 'at', 'note', 'messageId', 'type'], changed.map((a) => action === 'ack'
+      ? [a.id, a.state, a.acknowledgedBy, a.acknowledgedAt, a.ackNote, a.messageId ?? '-', a.alarmType]
+      : [a.id, a.state, a.resolvedBy, a.resolvedAt, a.resolveNote, a.messageId ?? '-', a.alarmType])));
+    return 0;
+  });
+}
+
+await runCli(async () => {
+  let run: () => Promise<number> = () => Promise.resolve(0);
+  const program = createProgram('alarms', 'List alarms (sys_task_process_alarm) by messageId, time and state, with each batch\'s counts by status and its failing domains; acknowledge or resolve them.')
+    // The list's options before a subcommand, the subcommand's after it: `ack 3 --json` is ack's --json.
+    .enablePositionalOptions()
+    .argument('[messageId...]', 'only alarms of these batches (exact messageIds, no LIKE)')
+    .addOption(new Option('--state <state>', 'only alarms in this state (default: open and acknowledged)').choices([...ALARM_STATES, 'all']))
+    .option('--since <date>', 'only alarms raised at or after this time: ISO date/date-time from 1970 on, or a look-back (30m, 6h, 2d)', parseSince)
+    .option('--limit <n>', 'at most this many alarm rows, newest first', integer(1, 10_000), 100)
+    .option('--json', 'print one JSON object {alarms, batches} instead of tables')
+    .addHelpText('after', `
+Failing domains are those with status ${FAILING.join(', ')}; replay them with \`npm run replay -- <messageId>\`.
+An alarm goes open -> acknowledged (ack: someone is on it) -> resolved (a note says what fixed it). A batch's
+BATCH_FAILURES, JOB_PARKED and TOKEN_REJECTED alarms resolve by themselves once all its domains succeeded.
+Exit codes: 0 shown or changed (also when nothing matched), 1 a dependency is down, 2 usage error (including
+an unknown alarm id or a step its state does not allow; then nothing is changed).`)
+    .action((messageIds: string[], opts: ListOptions) => { run = () => list([...new Set(messageIds)], opts); });
+  program.command('ack')
+    .description('acknowledge open alarms: someone is working on them (they stay listed until resolved)')
+    .argument('<id...>', 'alarm ids (the id column of the list)', collectIds)
+    .option('--note <text>', 'what is being done about it')
+    .option('--by <name>', 'who acknowledges', osUser())
+    .option('--json', 'print the changed alarms as JSON')
+    .action((ids: number[], opts: StepOptions) => { run = () => step('ack', ids, opts); });
+  program.command('resolve')
+    .description('resolve open or acknowledged alarms, saying what fixed them; a resolved alarm is never re-opened (a new occurrence opens a new alarm)')
+    .argument('<id...>', 'alarm ids (the id column of the list)', collectIds)
+    .requiredOption('--note <text>', 'what fixed it (required)')
+    .option('--by <name>', 'who resolves', osUser())
+    .option('--json', 'print the changed alarms as JSON')
+    .action((ids: number[], opts: StepOptions) => { run = () => step('resolve', ids, opts); });
+  program.parse();
+  return run();
 });

@@ -9,6 +9,7 @@ import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from './lib/errors.js';
 import { redactUrl } from './lib/logger.js';
+import { WEBHOOK_FORMATS } from './notify/format.js';
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => {
   const msg = `must be a whole number${max === Number.MAX_SAFE_INTEGER ? ` of at least ${min}` : ` from ${min} to ${max}`}`;
@@ -102,6 +103,7 @@ export const configKeys = {
   amqpDeliveryLimit: ['AMQP_DELIVERY_LIMIT', 'Deliveries of one job before the broker parks it', int(1, 1000)],
   retryTiersMs: ['RETRY_TIERS_MS', 'Delays of the retry queues, in order', msList],
   relayIntervalMs: ['RELAY_INTERVAL_MS', 'How often the relay publishes unconfirmed jobs and re-publishes stalled batches', int(100)],
+  awaitingPipelineAlarmMs: ['AWAITING_PIPELINE_ALARM_MS', 'How long a domain may stay awaiting_pipeline (reported unfinished by the pipeline) before an AWAITING_PIPELINE alarm names it; repeated once per period while it waits', int(1000)],
   callbackAuth: ['CALLBACK_AUTH', 'token = require X-Callback-Token; none = no auth (must be explicit)', z.enum(['token', 'none'])],
   callbackToken: ['CALLBACK_TOKEN', 'Shared secret the pipeline sends in X-Callback-Token (at least 16 characters)', z.string()],
   callbackAllowCidrs: ['CALLBACK_ALLOW_CIDRS', 'Comma-separated IPs or CIDRs allowed to call back, e.g. 10.0.0.0/8 (empty = any)', cidrList],
@@ -129,6 +131,16 @@ export const configKeys = {
   tokenDailyBudget: ['TOKEN_DAILY_BUDGET', 'Token fetches expected per UTC calendar day across all hosts; a TOKEN_BUDGET alarm at 80 % (fetching never stops because of it)', int(1)],
   domainLeaseMs: ['DOMAIN_LEASE_MS', 'How long a worker owns a claimed domain before another may take it', int(1000)],
   shutdownTimeoutMs: ['SHUTDOWN_TIMEOUT_MS', 'Deadline for a graceful shutdown', int(100)],
+  alarmWebhookUrl: ['ALARM_WEBHOOK_URL', 'Where every process POSTs a notification when an alarm opens or resolves: http or https (Slack, WeCom or DingTalk robot, or any JSON receiver); never logged; empty = notifications off (outbox rows stay undelivered)',
+    z.string().refine((v) => v === '' || url(/^https?:$/).safeParse(v).success, 'must be empty or an http:// or https:// URL')],
+  alarmWebhookFormat: ['ALARM_WEBHOOK_FORMAT', 'Body of the alarm notifications: json (generic), slack, wecom or dingtalk', z.enum(WEBHOOK_FORMATS)],
+  alarmWebhookTimeoutMs: ['ALARM_WEBHOOK_TIMEOUT_MS', 'Longest one notification request may take, answer included; then it is retried', int(100, 120_000)],
+  alarmNotifyGroupMs: ['ALARM_NOTIFY_GROUP_MS', 'At most one notification per alarm type per this period; alarm events in between go out together in the next one (0 = no grouping)', int(0, 86_400_000)],
+  alarmNotifyIntervalMs: ['ALARM_NOTIFY_INTERVAL_MS', 'How often each process looks for alarm notifications to send', int(50, 600_000)],
+  alarmNotifyBackoffMs: ['ALARM_NOTIFY_BACKOFF_MS', 'Wait before the first retry of a notification that was not confirmed; doubled at each further attempt', int(50, 86_400_000)],
+  alarmNotifyBackoffMaxMs: ['ALARM_NOTIFY_BACKOFF_MAX_MS', 'Longest wait between two attempts of a notification (it is retried until confirmed)', int(50, 86_400_000)],
+  publicBaseUrl: ['PUBLIC_BASE_URL', 'Base URL operators open the service at, for links in notifications (<PUBLIC_BASE_URL>/console/batches/<messageId>); empty = no links',
+    z.string().refine((v) => v === '' || url(/^https?:$/).safeParse(v).success, 'must be empty or an http:// or https:// URL').transform((v) => v.replace(/\/+$/, ''))],
 } as const;
 
 type Keys = typeof configKeys;
@@ -165,6 +177,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (config.role !== 'api' && !config.secplatPassword && !isLocalUrl(config.secplatBaseUrl)) {
     throw new ConfigError(`SECPLAT_PASSWORD must be set when SECPLAT_BASE_URL (${redactUrl(config.secplatBaseUrl)}) is not the local simulator on 127.0.0.1, ::1 or localhost.`);
   }
+  if (config.alarmNotifyBackoffMaxMs < config.alarmNotifyBackoffMs) {
+    throw new ConfigError(`ALARM_NOTIFY_BACKOFF_MAX_MS (${config.alarmNotifyBackoffMaxMs}) must be at least ALARM_NOTIFY_BACKOFF_MS (${config.alarmNotifyBackoffMs}).`);
+  }
   if (config.tokenLockTtlMs <= config.secplatTimeoutMs) {
     throw new ConfigError(`TOKEN_LOCK_TTL_MS (${config.tokenLockTtlMs}) must be longer than SECPLAT_TIMEOUT_MS (${config.secplatTimeoutMs}) so a slow token fetch keeps its lock.`);
   }
@@ -175,7 +190,8 @@ function isLocalUrl(u: string): boolean {
   return ['127.0.0.1', '[::1]', 'localhost'].includes(new URL(u).hostname.toLowerCase());
 }
 
-const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN', 'VIEWER_TOKEN']);
+// ALARM_WEBHOOK_URL: robot webhooks carry their secret in the path or query (Slack, WeCom key=, DingTalk access_token=).
+const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN', 'VIEWER_TOKEN', 'ALARM_WEBHOOK_URL']);
 function isSecret(envName: string): boolean {
   return SECRETS.has(envName);
 }

@@ -11,10 +11,12 @@ import { createMetrics, type Metrics } from './lib/metrics.js';
 import { Releasers } from './lib/shutdown.js';
 import { Broker } from './messaging/broker.js';
 import { topologyNames } from './messaging/topology.js';
+import { registerPipelineMetrics } from './ops/pipeline-metrics.js';
 import { createSecplatClient } from './secplat/client.js';
 import { raiseAlarm } from './store/alarms.js';
 import { createDb, type Db } from './store/db.js';
 import { TokenManager } from './token/token-manager.js';
+import { registerTokenGauges } from './token/token-watch.js';
 
 export interface AppContext {
   config: Config;
@@ -71,7 +73,11 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
   const tokens = new TokenManager({
     redis, redlock, client: secplat, logger: logger.child({ component: 'token' }), metrics, config,
     onCircuitOpen: (reason) => raiseAlarm(db, { messageId: null, type: 'BAD_CREDENTIALS', content: `token fetches paused: ${reason}` }),
+    onAlarm: (alarm) => raiseAlarm(db, { messageId: null, ...alarm }),
   });
+  // Released before PostgreSQL (last in, first out): token alarms still being written get to finish.
+  releasers.add('token alarms', () => tokens.alarmsSettled());
+  registerTokenGauges(metrics.registry, tokens, { dailyBudget: config.tokenDailyBudget, logger: logger.child({ component: 'token' }) });
 
   const broker = new Broker({
     url: config.rabbitmqUrl,
@@ -82,6 +88,7 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
     logger: logger.child({ component: 'amqp' }),
   });
   releasers.add('rabbitmq', () => broker.close());
+  registerPipelineMetrics({ registry: metrics.registry, db, redis, broker, logger: logger.child({ component: 'metrics' }) });
 
   return {
     config, logger, metrics, db, redis, broker, tokens, secplat, releasers,

@@ -11,6 +11,7 @@ import { createApp } from './http/app.js';
 import { ConfigError } from './lib/errors.js';
 import { createLogger, redactUrl } from './lib/logger.js';
 import { createJobHandler } from './pipeline/process-batch.js';
+import { notifierOptions, startAlarmNotifier } from './notify/sender.js';
 import { startRelay } from './pipeline/publish.js';
 import { migrate } from './store/migrate.js';
 
@@ -32,6 +33,12 @@ export async function startService(config: Config, ctx: AppContext = createConte
 
   const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs, confirmTimeoutMs: config.amqpConfirmTimeoutMs });
   releasers.add('relay', () => relay.stop());
+  if (config.alarmWebhookUrl) {
+    const notifier = startAlarmNotifier({ db: ctx.db, logger: logger.child({ component: 'alarm-notify' }) }, notifierOptions(config));
+    releasers.add('alarm notifier', () => notifier.stop());
+  } else {
+    logger.info('alarm notifications off (ALARM_WEBHOOK_URL is empty): alarm_notification rows are kept, undelivered');
+  }
 
   // A client may not hold a connection by sending slowly: the whole request within HTTP_REQUEST_TIMEOUT_MS
   // (headers within 10 s of it), else 408 and close. Node checks these only every connectionsCheckingInterval

@@ -167,7 +167,7 @@ export class BenchDb {
 
   /** Empties the ledger, inventory and alarms so each scenario starts from the same state. */
   async truncate(): Promise<void> {
-    await this.db.query('TRUNCATE callback_audit, batch_domain, batch, cdn_domain, sys_task_process_alarm');
+    await this.db.query('TRUNCATE callback_audit, batch_domain, batch, cdn_domain, sys_task_process_alarm CASCADE');
     // Flush dirty pages now rather than in the middle of the next measurement. (No ANALYZE here: statistics
     // taken of empty tables make the planner scan them sequentially while they fill, e.g. in the foreign-key
     // check of every batch_domain insert, which halves the ingest rate until autovacuum re-analyzes.)

@@ -2,7 +2,6 @@
  * The HTTP API: the vendor's callback route, operator routes, health and metrics, and the one error
  * handler that turns every failure into a clear status and reason.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { BlockList, isIPv4 } from 'node:net';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import type { Redis } from 'ioredis';
@@ -15,11 +14,14 @@ import type { Cidr, Config } from '../config.js';
 import { isConnectionError, type Db } from '../store/db.js';
 import { findAlarms, parseAlarmCursor, type AlarmTrim } from '../store/alarms.js';
 import { countByStatus } from '../store/ledger.js';
+import { checkReadiness } from '../ops/readiness.js';
+import { requireRole, sameSecret } from './auth.js';
 import { batchReport, domainReport } from '../ops/reports.js';
 import { acceptCallback } from '../pipeline/accept-callback.js';
 import { CallbackRejectedError, MESSAGE_ID } from '../pipeline/callback-input.js';
 import type { JobPublisher } from '../pipeline/publish.js';
 import { replayBatches } from '../pipeline/replay.js';
+import type { TokenManager } from '../token/token-manager.js';
 
 export const CALLBACK_PATH = '/api/pm/pipe/callback';
 
@@ -31,6 +33,7 @@ export interface AppDeps {
   db: Db;
   redis: Pick<Redis, 'ping'>;
   broker: JobPublisher & { readonly isConnected: boolean };
+  tokens: Pick<TokenManager, 'state'>;
 }
 
 /** `opsOnly` serves just health, readiness and metrics (for worker-only processes). */
@@ -46,7 +49,7 @@ export function createApp(deps: AppDeps, opts: { opsOnly?: boolean } = {}): expr
   app.get('/healthz', (_req, res) => { res.json({ status: 'ok' }); });
 
   app.get('/readyz', async (_req, res) => {
-    const checks = await readiness(deps);
+    const checks = await checkReadiness(deps);
     const ready = Object.values(checks).every((c) => c === 'ok');
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
   });
@@ -92,6 +95,11 @@ function mountApiRoutes(app: express.Express, deps: AppDeps): void {
     res.json(await batchReport(deps.db, assertMessageId(req.params.messageId)));
   });
 
+  // The shared token's state without the secret: generation, age, expiry, fetches today, contention, circuit.
+  app.get('/api/token', viewer, async (_req, res) => {
+    res.json(await deps.tokens.state());
+  });
+
   app.get('/api/domains/:domain', viewer, async (req, res) => {
     res.json(await domainReport(deps.db, String(req.params.domain ?? '')));
   });
@@ -125,28 +133,6 @@ function mountApiRoutes(app: express.Express, deps: AppDeps): void {
       reopened: result.reopened.map((r) => ({ domain: r.domain, status: r.status })),
     });
   });
-}
-
-export type Role = 'viewer' | 'operator';
-
-/**
- * Middleware for operator routes: the request must carry `Authorization: Bearer <token>` of a role that may
- * do `role` (the operator's ADMIN_TOKEN may do everything a viewer may). With neither token configured the
- * operator API is off (403): it fails closed, never open.
- */
-export function requireRole(config: Pick<Config, 'adminToken' | 'viewerToken'>, role: Role, disabledHint = ''): RequestHandler {
-  return (req, _res, next) => {
-    if (!config.adminToken && !config.viewerToken) {
-      throw new ForbiddenError(`operator API disabled: set ADMIN_TOKEN or VIEWER_TOKEN${disabledHint}`);
-    }
-    const bearer = /^Bearer +(\S+) *$/i.exec(req.get('authorization') ?? '')?.[1];
-    // Both compared every time, so the timing does not tell which of the two a guess came close to.
-    const isOperator = sameSecret(bearer, config.adminToken);
-    const isViewer = sameSecret(bearer, config.viewerToken);
-    if (!isOperator && !isViewer) throw new UnauthorizedError('missing or wrong bearer token (Authorization: Bearer <ADMIN_TOKEN or VIEWER_TOKEN>)');
-    if (role === 'operator' && !isOperator) throw new ForbiddenError('this route needs the operator role (ADMIN_TOKEN); a viewer may only read');
-    next();
-  };
 }
 
 /** The list view of /api/alarms: enough to see what happened; GET /api/alarms/:id has the rest. */
@@ -276,15 +262,6 @@ function assertAlarmId(v: unknown): number {
   return id;
 }
 
-/** Constant-time comparison of two secrets (hashed first so their lengths do not leak). */
-function sameSecret(given: string | undefined, expected: string): boolean {
-  if (!given || !expected) return false;
-  const a = createHash('sha256').update(given).digest();
-  const b = createHash('sha256').update(expected).digest();
-  return timingSafeEqual(a, b);
-}
-
-/** The callback allowlist from CALLBACK_ALLOW_CIDRS (already checked by config.ts); undefined = anyone. */
 function createAllowList(cidrs: readonly Cidr[]): ((ip: string) => boolean) | undefined {
   if (cidrs.length === 0) return undefined;
   const list = new BlockList();
@@ -299,22 +276,3 @@ function createAllowList(cidrs: readonly Cidr[]): ((ip: string) => boolean) | un
  * ok/down per dependency. /readyz is open to anyone, so the answer never carries an address or error text
  * (a pg error names host:port); the reason goes to the log at warn instead.
  */
-async function readiness(deps: AppDeps): Promise<Record<string, 'ok' | 'down'>> {
-  const check = async (name: string, fn: () => Promise<unknown>): Promise<'ok' | 'down'> => {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([fn(), new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('timeout after 2000 ms')), 2000); })]);
-      return 'ok';
-    } catch (err) {
-      deps.logger.warn('readiness check failed', { check: name, err: (err as Error).message });
-      return 'down';
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-  return {
-    postgres: await check('postgres', () => deps.db.query('SELECT 1')),
-    redis: await check('redis', () => deps.redis.ping()),
-    rabbitmq: await check('rabbitmq', async () => { if (!deps.broker.isConnected) throw new Error('not connected'); }),
-  };
-}

@@ -15,6 +15,7 @@ import type { DeleteResult, SecplatApi } from '../secplat/client.js';
 import type { TokenManager } from '../token/token-manager.js';
 import type { Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
+import { resolveRecoveredBatchAlarms } from '../store/alarm-lifecycle.js';
 import { lookupDomains } from '../store/inventory.js';
 import {
   claimDomains, countByStatus, failOpenDomains, getBatch, listFailures, renewClaims, settleDomains, settleSucceeded,
@@ -183,8 +184,12 @@ export async function processBatch(deps: ProcessDeps, messageId: string, log: Lo
   if (failure) throw failure.reason;
   const counts = (await countByStatus(db, [messageId])).get(messageId)!;
   await outcome.alarmIfTokenRejected();
-  const finished = counts.pending + counts.retryable + counts.in_progress === 0;
+  // Domains awaiting the pipeline keep the batch unfinished (no failure alarm yet); the job is still acked
+  // below, as nothing can be done now, and the vendor's callback reporting them finished brings a new one.
+  const finished = counts.pending + counts.retryable + counts.in_progress + counts.awaiting_pipeline === 0;
   if (claimedTotal > 0 && finished) await alarmBatchFailures(db, messageId, counts, 'batch finished');
+  // Also on a pass that claimed nothing: if resolving failed last time (the job was retried), it happens now.
+  if (finished && counts.failed + counts.unknown_domain === 0) await resolveRecoveredBatchAlarms(db, messageId);
   log.info('batch pass finished', { claimed: claimedTotal, counts });
   return { claimed: claimedTotal, counts, interrupted: deps.signal.aborted, blocked: outcome.blocked };
 }

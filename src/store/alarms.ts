@@ -11,7 +11,8 @@ export type AlarmType =
   | 'TOKEN_REJECTED'        // repeated 401s even with a fresh token
   | 'BAD_CREDENTIALS'       // the token endpoint refused our credentials; the circuit is open
   | 'TOKEN_CONTENTION'      // another client (likely another environment) keeps taking the token with our credentials
-  | 'TOKEN_BUDGET';         // token fetches today reached 80 % of TOKEN_DAILY_BUDGET
+  | 'TOKEN_BUDGET'          // token fetches today reached 80 % of TOKEN_DAILY_BUDGET
+  | 'AWAITING_PIPELINE';    // domains the pipeline reported unfinished are still awaiting after AWAITING_PIPELINE_ALARM_MS
 
 export interface AlarmRow {
   id: number;
@@ -37,12 +38,17 @@ export async function raiseAlarm(
 ): Promise<void> {
   const details = alarm.details === undefined ? null : JSON.stringify(withoutNul(alarm.details));
   // While an alarm of the same batch and type is active (open or acknowledged), a repeat counts on it and
-  // brings its content up to date instead of adding a row.
+  // brings its content up to date instead of adding a row. A new alarm also gets its 'opened' outbox row
+  // (src/notify/ delivers it) in the same statement, so an alarm is never written without its notification;
+  // xmax = 0 only for a row this statement inserted, so a repeat notifies nobody.
   await db.query(
-    `INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details) VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (coalesce(message_id, ''), alarm_type) WHERE state <> 'resolved'
-     DO UPDATE SET occurrences = sys_task_process_alarm.occurrences + 1, last_seen_at = now(),
-                   content = EXCLUDED.content, details = EXCLUDED.details`,
+    `WITH a AS (
+       INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (coalesce(message_id, ''), alarm_type) WHERE state <> 'resolved'
+       DO UPDATE SET occurrences = sys_task_process_alarm.occurrences + 1, last_seen_at = now(),
+                     content = EXCLUDED.content, details = EXCLUDED.details
+       RETURNING id, alarm_type, (xmax = 0) AS inserted)
+     INSERT INTO alarm_notification (alarm_id, event, alarm_type) SELECT id, 'opened', alarm_type FROM a WHERE inserted`,
     [alarmTag(alarm.messageId), alarm.messageId, alarm.type, withoutNul(alarm.content), details],
   );
 }

@@ -302,7 +302,7 @@ describe('operator CLIs', function () {
       expect(out.batches.find((x) => x.messageId === b)!.failing).to.have.length(1);
       expect(out.batches.map((x) => x.messageId)).not.to.include(other);
 
-      const table = await run('alarms', [a]);
+      const table = await run('alarms', [a, '--state', 'all']);
       expect(table.code, table.stderr).to.equal(0);
       expect(table.stdout).to.contain('old a').and.contain('new a').and.not.contain('new b');
       expect(table.stdout).to.match(/a-ko\.example\.com\s+failed\s+1\s+user not found/);
