@@ -69,14 +69,22 @@ export class TokenRejectedError extends AppError {
   }
 }
 
-/** 429, 5xx, timeout or network failure at the security platform. */
+/** 429, 5xx, timeout or network failure at the security platform; `httpStatus` null when nothing was answered. */
 export class SecplatRetryableError extends AppError {
-  constructor(message: string, cause?: unknown) { super(message, { code: 'SECPLAT_RETRYABLE', retryable: true, cause }); }
+  readonly httpStatus: number | null;
+  constructor(message: string, cause?: unknown, httpStatus: number | null = null) {
+    super(message, { code: 'SECPLAT_RETRYABLE', retryable: true, cause });
+    this.httpStatus = httpStatus;
+  }
 }
 
 /** Any other 4xx from the security platform: the entries of that call fail with this reason. */
 export class SecplatRejectedError extends AppError {
-  constructor(message: string) { super(message, { code: 'SECPLAT_REJECTED', retryable: false }); }
+  readonly httpStatus: number | null;
+  constructor(message: string, httpStatus: number | null = null) {
+    super(message, { code: 'SECPLAT_REJECTED', retryable: false });
+    this.httpStatus = httpStatus;
+  }
 }
 
 /** A job body that can never be processed: park it, do not retry. */

@@ -55,7 +55,7 @@ export function createSecplatClient(opts: SecplatClientOptions): SecplatApi & { 
       assertNotRetryable(res.status, 'token request');
       const body = res.data as { access_token?: unknown; expires_in?: unknown };
       if (res.status !== 200 || typeof body?.access_token !== 'string' || !body.access_token) {
-        throw new SecplatRetryableError(`token endpoint answered HTTP ${res.status} without an access_token`);
+        throw new SecplatRetryableError(`token endpoint answered HTTP ${res.status} without an access_token`, undefined, res.status);
       }
       const expiresInSec = Number(body.expires_in);
       return { accessToken: body.access_token, expiresInSec: Number.isFinite(expiresInSec) && expiresInSec > 0 ? expiresInSec : 3600 };
@@ -67,7 +67,7 @@ export function createSecplatClient(opts: SecplatClientOptions): SecplatApi & { 
         { headers: { authorization: `Bearer ${token}` } }), 'delete_user_info');
       if (res.status === 401) throw new TokenRejectedError(generation);
       assertNotRetryable(res.status, 'delete_user_info');
-      if (res.status !== 200) throw new SecplatRejectedError(`delete_user_info answered HTTP ${res.status}: ${describe(res.data)}`);
+      if (res.status !== 200) throw new SecplatRejectedError(`delete_user_info answered HTTP ${res.status}: ${describe(res.data)}`, res.status);
       return parseDeleteReply(res.data, userIds);
     },
 
@@ -93,14 +93,14 @@ async function send<T>(call: () => Promise<T>, what: string): Promise<T> {
 }
 
 function assertNotRetryable(status: number, what: string): void {
-  if (status === 429 || status >= 500) throw new SecplatRetryableError(`${what} answered HTTP ${status}`);
+  if (status === 429 || status >= 500) throw new SecplatRetryableError(`${what} answered HTTP ${status}`, undefined, status);
 }
 
-/** Entries listed in chk_fail_dict_l failed; every other requested entry succeeded. */
+/** Entries listed in chk_fail_dict_l failed; every other requested entry succeeded. Reads a 200 reply's body. */
 export function parseDeleteReply(data: unknown, userIds: string[]): DeleteResult {
   const body = data as { status?: unknown; chk_fail_dict_l?: unknown } | null;
   if (!body || typeof body !== 'object' || !Array.isArray(body.chk_fail_dict_l)) {
-    throw new SecplatRetryableError(`delete_user_info answered 200 with an unexpected body: ${describe(data)}`);
+    throw new SecplatRetryableError(`delete_user_info answered 200 with an unexpected body: ${describe(data)}`, undefined, 200);
   }
   const failed = new Map<string, string>();
   for (const entry of body.chk_fail_dict_l as unknown[]) {
@@ -113,7 +113,7 @@ export function parseDeleteReply(data: unknown, userIds: string[]): DeleteResult
   const requested = new Set(userIds);
   // A failure entry we cannot map to a requested id means we cannot tell which entries succeeded.
   if ([...failed.keys()].some((id) => !requested.has(id)) || (body.chk_fail_dict_l.length > 0 && failed.size === 0)) {
-    throw new SecplatRetryableError(`delete_user_info reported failures for unknown ids: ${describe(body.chk_fail_dict_l)}`);
+    throw new SecplatRetryableError(`delete_user_info reported failures for unknown ids: ${describe(body.chk_fail_dict_l)}`, undefined, 200);
   }
   return {
     succeeded: userIds.filter((id) => !failed.has(id)),
