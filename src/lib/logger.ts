@@ -14,7 +14,7 @@ const REDACTED = '[redacted]';
 // "passed", "compass" or "tokenizer" are not secrets while "SECPLAT_PASSWORD" and "x-api-key" are.
 const SECRET_WORDS = new Set([
   'password', 'passwd', 'pwd', 'pass', 'passphrase', 'secret', 'secrets', 'token', 'tokens', 'authorization',
-  'cookie', 'cookies', 'credential', 'credentials', 'jwt', 'bearer', 'session',
+  'cookie', 'cookies', 'credential', 'credentials', 'jwt', 'bearer', 'session', 'csrf',
   // the same names written as one word
   'apikey', 'privatekey', 'sessionid', 'accesstoken', 'refreshtoken', 'clientsecret', 'setcookie',
 ]);
