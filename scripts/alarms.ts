@@ -5,14 +5,10 @@
  */
 import os from 'node:os';
 import { InvalidArgumentError, Option } from 'commander';
-import {
-  ALARM_STATES, acknowledgeAlarms, listAlarms, resolveAlarms, type AlarmLifecycleRow, type AlarmState,
-} from '../src/store/alarm-lifecycle.js';
-import { countByStatus, listDomains, type DomainStatus } from '../src/store/ledger.js';
+import { alarmReport, FAILING_STATUSES as FAILING } from '../src/ops/reports.js';
+import { ALARM_STATES, type AlarmLifecycleRow, type AlarmState } from '../src/store/alarm-lifecycle.js';
+import { auditedAlarmStep } from '../src/store/audit.js';
 import { createProgram, escapeControl, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';
-
-/** Statuses an operator has to look at: final failures and domains still waiting for a retry. */
-const FAILING: DomainStatus[] = ['failed', 'unknown_domain', 'unsupported', 'retryable'];
 const UNITS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 const FORMAT = 'must be an ISO date or date-time (2024-05-01, 2024-05-01T08:00:00Z) or a look-back like 30m, 6h, 2d.';
@@ -62,14 +58,8 @@ interface StepOptions { note?: string; by: string; json?: boolean }
 async function list(messageIds: string[], opts: ListOptions): Promise<number> {
   const states = opts.state === undefined ? undefined : opts.state === 'all' ? ALARM_STATES : [opts.state];
   return withContext(async ({ db }) => {
-    const alarms = await listAlarms(db, { messageIds, since: opts.since, limit: opts.limit, states });
-    const ids = [...new Set([...messageIds, ...alarms.flatMap((a) => (a.messageId ? [a.messageId] : []))])];
-    const counts = await countByStatus(db, ids);
-    const batches = await Promise.all(ids.map(async (id) => ({
-      messageId: id,
-      counts: counts.get(id)!,
-      failing: (await listDomains(db, id)).filter((d) => FAILING.includes(d.status)),
-    })));
+    // The same report the console shows (src/ops/reports.ts).
+    const { alarms, batches } = await alarmReport(db, { messageIds, since: opts.since, limit: opts.limit, states });
 
     if (opts.json) {
       console.log(JSON.stringify({ alarms, batches }, null, 2));
@@ -92,8 +82,9 @@ async function list(messageIds: string[], opts: ListOptions): Promise<number> {
 
 async function step(action: 'ack' | 'resolve', ids: number[], opts: StepOptions): Promise<number> {
   return withContext(async ({ db }) => {
-    const input = { ids, by: opts.by, note: opts.note };
-    const changed: AlarmLifecycleRow[] = action === 'ack' ? await acknowledgeAlarms(db, input) : await resolveAlarms(db, input);
+    // With an audit row per alarm, in the same transaction (as the HTTP API does); --by is the actor.
+    const changed: AlarmLifecycleRow[] = await auditedAlarmStep(db, action === 'ack' ? 'acknowledge' : 'resolve',
+      { ids, note: opts.note }, { name: opts.by, role: null, via: 'cli' });
     if (opts.json) {
       console.log(JSON.stringify({ alarms: changed }, null, 2));
       return 0;
@@ -116,7 +107,7 @@ await runCli(async () => {
     .option('--limit <n>', 'at most this many alarm rows, newest first', integer(1, 10_000), 100)
     .option('--json', 'print one JSON object {alarms, batches} instead of tables')
     .addHelpText('after', `
-Failing domains are those with status ${FAILING.join(', ')}; replay them with \`npm run replay -- <messageId>\`.
+Failing domains are those with status ${FAILING.join(', ')}; replay them with \`npm run replay -- <messageId> --reason <why>\`.
 An alarm goes open -> acknowledged (ack: someone is on it) -> resolved (a note says what fixed it). A batch's
 BATCH_FAILURES, JOB_PARKED and TOKEN_REJECTED alarms resolve by themselves once all its domains succeeded.
 Exit codes: 0 shown or changed (also when nothing matched), 1 a dependency is down, 2 usage error (including

@@ -10,7 +10,7 @@ await runCli(async () => {
     .argument('<domain>', 'the domain name, e.g. www.example.com (case and a trailing dot do not matter)')
     .option('--json', 'print one JSON object {domain, inventory, batches} instead of tables')
     .addHelpText('after', `
-Replay a batch's failed domains with \`npm run replay -- <messageId>\`.
+Replay a batch's failed domains with \`npm run replay -- <messageId> --reason "..."\`.
 Exit codes: 0 shown, 1 a dependency is down, 2 usage error (not a domain name, or nothing knows it).`)
     .parse();
   const [domain] = program.processedArgs as [string];

@@ -2,13 +2,14 @@
  * npm run replay -- <messageId…>: re-open the failed and stuck domains of some batches and queue their jobs
  * again. Succeeded domains are never re-opened, so a replay cannot delete anything twice.
  */
+import os from 'node:os';
 import cliProgress from 'cli-progress';
 import type { AppContext } from '../src/context.js';
 import { DependencyUnavailableError } from '../src/lib/errors.js';
 import { sleep } from '../src/lib/timing.js';
-import { replayBatches, UnknownBatchError } from '../src/pipeline/replay.js';
+import { checkReason, replayBatches, UnknownBatchError } from '../src/pipeline/replay.js';
 import { countByStatus, existingBatches, listDomains, type DomainRow, type StatusCounts } from '../src/store/ledger.js';
-import { createProgram, formatCounts, formatTable, integer, runCli, withContext } from './cli.js';
+import { createProgram, formatCounts, formatTable, integer, runCli, UsageError, withContext } from './cli.js';
 
 const POLL_MS = 500;
 const BROKER_WAIT_MS = 10_000;
@@ -47,11 +48,21 @@ async function waitForBatches(ctx: AppContext, ids: string[], timeoutMs: number)
   }
 }
 
+/** The OS user running the command: who replayed, in the audit. */
+function osUser(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return process.env.USER ?? process.env.LOGNAME ?? 'unknown'; // a container user without a passwd entry
+  }
+}
+
 await runCli(async () => {
   const program = createProgram('replay', 'Re-open the failed, retryable and stuck domains of callback batches and queue their jobs again.')
     .argument('<messageId...>', 'messageIds of the batches to replay')
     .option('--all', 'also re-open unknown_domain domains (e.g. after importing missing domains); unsupported ones (a reqType other than SELF_DOMAIN_DELETE) are never re-opened')
     .option('--dry-run', 'only show which domains would be re-opened; change nothing')
+    .option('--reason <text>', 'why you replay (required unless --dry-run; kept in the audit with your OS user name)')
     .option('--wait', 'wait until the replayed batches have no pending, in-progress or retryable domain, then print their outcome')
     .option('--timeout <sec>', 'with --wait: give up after this many seconds', integer(1), 300)
     .addHelpText('after', `
@@ -63,8 +74,10 @@ Exit codes: 0 replayed (with --wait: every replayed domain succeeded), 1 some re
 succeed or --timeout passed, or a dependency is down, 2 usage error or unknown messageId.`)
     .parse();
   const ids = [...new Set(program.processedArgs[0] as string[])];
-  const opts = program.opts<{ all?: boolean; dryRun?: boolean; wait?: boolean; timeout: number }>();
+  const opts = program.opts<{ all?: boolean; dryRun?: boolean; reason?: string; wait?: boolean; timeout: number }>();
   const all = opts.all ?? false;
+  if (!opts.dryRun && opts.reason === undefined) throw new UsageError('--reason is required: say why you replay (it is kept in the audit), or use --dry-run');
+  const reason = opts.reason === undefined ? undefined : checkReason(opts.reason);
 
   return withContext(async (ctx) => {
     // Check the ids before waiting on RabbitMQ: a typo should fail at once.
@@ -87,7 +100,7 @@ succeed or --timeout passed, or a dependency is down, 2 usage error or unknown m
       if (!(err instanceof DependencyUnavailableError)) throw err;
       console.error(`${err.message}; re-opening the domains in the ledger anyway: the service's relay publishes their jobs once RabbitMQ is back.`);
     });
-    const result = await replayBatches(ctx, ids, { all, dryRun: false });
+    const result = await replayBatches(ctx, ids, { all, dryRun: false, reason, actor: { name: osUser(), role: null, via: 'cli' } });
     // Show what was actually re-opened; the plan above may be stale by a few milliseconds.
     const before = new Map(plan.reopened.map((r) => [`${r.messageId}\n${r.domain}`, r]));
     printPlan(ids, result.reopened.map((r) => before.get(`${r.messageId}\n${r.domain}`) ?? r), false);

@@ -48,7 +48,7 @@ export interface NotificationView {
 
 /** The command that re-runs a batch's failed domains. */
 export function replayCommand(messageId: string): string {
-  return `npm run replay -- ${messageId}`;
+  return `npm run replay -- ${messageId} --reason "..."`;
 }
 
 /** The console page of a batch, or null without PUBLIC_BASE_URL. */

@@ -105,7 +105,7 @@ export function createAlarmNotifier(deps: { db: Db; logger: Logger }, opts: Alar
         redirect: 'manual',
         signal,
       });
-      text = await res.text();
+      text = await readBounded(res, MAX_REPLY_BYTES);
     } catch (err) {
       return { delivered: false, error: scrub(describeError(err, opts.timeoutMs)), retryInMs: retryIn() };
     }
@@ -212,4 +212,26 @@ function retryAfterMs(res: Response): number {
   if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
   const at = Date.parse(v);
   return Number.isNaN(at) ? 0 : Math.max(0, at - Date.now());
+}
+
+/** A receiver's reply is only looked at for a short status; a huge or endless one is cut, never buffered whole. */
+const MAX_REPLY_BYTES = 64 * 1024;
+
+async function readBounded(res: Response, maxBytes: number): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.byteLength;
+      if (size >= maxBytes) break;
+    }
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
+  return Buffer.concat(chunks).subarray(0, maxBytes).toString('utf8');
 }

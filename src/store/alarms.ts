@@ -2,6 +2,7 @@
  * sys_task_process_alarm: the table operators already query. New rows keep its tag shape
  * ({"taskId":"<messageId>_exc","type":"DOMAIN_B_PIPE"}) and fill the indexed message_id column.
  */
+import type { AlarmState } from './alarm-lifecycle.js';
 import type { Queryable } from './db.js';
 
 export type AlarmType =
@@ -22,6 +23,16 @@ export interface AlarmRow {
   content: string;
   details: unknown;
   createdAt: Date;
+  /** The lifecycle (migration 003): open -> acknowledged -> resolved, with who, when and a note for each step. */
+  state: AlarmState;
+  occurrences: number;
+  lastSeenAt: Date;
+  acknowledgedAt: Date | null;
+  acknowledgedBy: string | null;
+  ackNote: string | null;
+  resolvedAt: Date | null;
+  resolvedBy: string | null;
+  resolveNote: string | null;
   /** Opaque position of this row in newest-first order; pass as `before` to read the rows after it. */
   cursor: string;
   /** Only with `trim`: true when content or an array of details was cut (GET /api/alarms/:id has it whole). */
@@ -75,6 +86,8 @@ export interface AlarmFilter {
   limit?: number;
   /** Only this alarm. */
   id?: number;
+  /** Only alarms in these states (served by sys_task_process_alarm_state); absent: every state. */
+  states?: readonly AlarmState[];
   /** Keyset paging: only rows after this one in newest-first order (a row's `cursor`, decoded). */
   before?: AlarmCursor;
   /** List view: trimmed in SQL, so a huge alarm never leaves PostgreSQL whole (rows then carry `truncated`). */
@@ -114,6 +127,7 @@ export async function findAlarms(db: Queryable, filter: AlarmFilter): Promise<Al
   if (filter.messageIds && filter.messageIds.length > 0) where.push(`message_id = ANY(${param(filter.messageIds)})`);
   if (filter.since) where.push(`created_at >= ${param(filter.since)}`);
   if (filter.id !== undefined) where.push(`id = ${param(filter.id)}`);
+  if (filter.states) where.push(`state = ANY(${param(filter.states)}::text[])`);
   if (filter.before) where.push(`(created_at, id) < (${param(filter.before.createdAt)}::timestamptz, ${param(filter.before.id)})`);
   let content = 'content';
   let details = 'details';
@@ -122,12 +136,14 @@ export async function findAlarms(db: Queryable, filter: AlarmFilter): Promise<Al
     const n = param(filter.trim.arrayItems);
     const c = param(filter.trim.contentChars);
     // Every top-level array in details (failures, items) keeps its first n entries plus a <name>Total count.
-    const isBig = `jsonb_typeof(v) = 'array' AND jsonb_array_length(v) > ${n}`;
+    // PostgreSQL may evaluate both sides of an AND: jsonb_array_length only ever sees an array (or NULL).
+    const arrayLength = `jsonb_array_length(CASE WHEN jsonb_typeof(v) = 'array' THEN v END)`;
+    const isBig = `${arrayLength} > ${n}`;
     content = `CASE WHEN length(content) > ${c} THEN left(content, ${c}) || '…' ELSE content END`;
     details = `CASE WHEN jsonb_typeof(details) = 'object' THEN (
         SELECT coalesce(jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'array'
                           THEN jsonb_path_query_array(v, '$[0 to $last]', jsonb_build_object('last', ${n}::int - 1)) ELSE v END), '{}'::jsonb)
-            || coalesce(jsonb_object_agg(k || 'Total', jsonb_array_length(v)) FILTER (WHERE jsonb_typeof(v) = 'array'), '{}'::jsonb)
+            || coalesce(jsonb_object_agg(k || 'Total', ${arrayLength}) FILTER (WHERE jsonb_typeof(v) = 'array'), '{}'::jsonb)
         FROM jsonb_each(details) AS e(k, v)) ELSE details END`;
     truncated = `, (length(content) > ${c} OR (jsonb_typeof(details) = 'object'
         AND EXISTS (SELECT 1 FROM jsonb_each(details) AS e(k, v) WHERE ${isBig}))) AS truncated`;
@@ -135,7 +151,10 @@ export async function findAlarms(db: Queryable, filter: AlarmFilter): Promise<Al
   const limit = param(filter.limit ?? 500);
   const { rows } = await db.query<AlarmRow & { cursorAt: string }>(
     `SELECT id::int, tag, message_id AS "messageId", alarm_type AS "alarmType", ${content} AS content, ${details} AS details,
-            created_at AS "createdAt", ${CREATED_AT_TEXT} AS "cursorAt"${truncated}
+            state, occurrences, created_at AS "createdAt", last_seen_at AS "lastSeenAt",
+            acknowledged_at AS "acknowledgedAt", acknowledged_by AS "acknowledgedBy", ack_note AS "ackNote",
+            resolved_at AS "resolvedAt", resolved_by AS "resolvedBy", resolve_note AS "resolveNote",
+            ${CREATED_AT_TEXT} AS "cursorAt"${truncated}
      FROM sys_task_process_alarm ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
      ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
     params,

@@ -268,7 +268,7 @@ describe('alarm notifications', function () {
       for (const d of b.listed) expect(text).to.contain(`\`${d}\``);
       for (const d of b.notListed) expect(text).not.to.contain(d);
       expect(text).to.contain('failing domains (25)').and.contain('and 5 more');
-      expect(text).to.contain(`\`npm run replay -- ${b.id}\``);
+      expect(text).to.contain(`\`npm run replay -- ${b.id} --reason "..."\``);
     }
 
     it('when the format is json, then the body carries the event, alarm id, type, messageId, state, content, failing domains, counts, replay command and console link', async () => {
@@ -276,7 +276,7 @@ describe('alarm notifications', function () {
       expect(b.body).to.include({ source: 'pipeline-callback-processor', key: b.req.key, alarmType: 'BATCH_FAILURES', summary: 'pcp alarm: 1 batch failed (BATCH_FAILURES)' });
       const [e] = (b.body as { events: Record<string, unknown>[] }).events;
       expect(e).to.include({ event: 'opened', alarmId: b.alarmId, type: 'BATCH_FAILURES', messageId: b.id, state: 'open', failingTotal: 25,
-        replayCommand: `npm run replay -- ${b.id}`, consoleUrl: b.console, occurrences: 1 });
+        replayCommand: `npm run replay -- ${b.id} --reason "..."`, consoleUrl: b.console, occurrences: 1 });
       expect(e!.content).to.contain('25 of 26 domains failed');
       expect(e!.failingDomains).to.deep.equal(b.listed);
       expect(e!.counts).to.include({ failed: 25, succeeded: 1 });

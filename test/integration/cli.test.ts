@@ -377,7 +377,7 @@ describe('operator CLIs', function () {
     it('when a messageId is unknown, then it names it, exits 2 and changes nothing', async () => {
       const [known, unknown] = [newMessageId(), newMessageId()];
       await seedBatch(known, [{ domain: 'failed.example.com', status: 'failed' }]);
-      const r = await run('replay', [known, unknown]);
+      const r = await run('replay', [known, unknown, '--reason', 'the platform is back']);
       expect(r.code).to.equal(2);
       expect(r.stderr).to.contain(`no batch with messageId ${unknown}`);
       expect((await domainsOf(known))[0]!.status).to.equal('failed');
@@ -387,7 +387,7 @@ describe('operator CLIs', function () {
       const id = newMessageId();
       await seedBatch(id, mixed());
       brokerTouched = true;
-      const r = await run('replay', [id]);
+      const r = await run('replay', [id, '--reason', 'the platform is back']);
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout).to.contain('re-opened 2 domain(s); job published for 1 batch(es)');
       const after = Object.fromEntries((await domainsOf(id)).map((d) => [d.domain, d.status]));
@@ -403,7 +403,7 @@ describe('operator CLIs', function () {
       try {
         const ch = await conn.createChannel();
         const msg = await ch.get(topologyNames(amqpPrefix, RETRY_TIERS_MS).jobsQueue, { noAck: true });
-        expect(msg && JSON.parse(msg.content.toString())).to.deep.equal({ messageId: id, attempt: 0 });
+        expect(msg && JSON.parse(msg.content.toString())).to.deep.equal({ messageId: id, attempt: 0, trigger: 'replay' });
       } finally {
         await conn.close();
       }
@@ -413,7 +413,7 @@ describe('operator CLIs', function () {
       const id = newMessageId();
       await seedBatch(id, mixed());
       brokerTouched = true;
-      const r = await run('replay', [id, '--all']);
+      const r = await run('replay', [id, '--all', '--reason', 'the platform is back']);
       expect(r.code, r.stderr).to.equal(0);
       const statuses = (await domainsOf(id)).map((d) => `${d.domain}=${d.status}`);
       expect(statuses).to.include.members(['done.example.com=succeeded', 'unknown.example.com=pending', 'unsupported.example.com=unsupported', 'busy.example.com=in_progress']);
@@ -423,7 +423,7 @@ describe('operator CLIs', function () {
       const id = newMessageId();
       await seedBatch(id, [{ domain: 'done.example.com', status: 'succeeded' }, { domain: 'failed.example.com', status: 'failed', detail: 'user not found' }]);
       brokerTouched = true;
-      const replay = run('replay', [id, '--wait', '--timeout', '30']);
+      const replay = run('replay', [id, '--wait', '--timeout', '30', '--reason', 'the platform is back']);
       // Play the worker: once the replay re-opened the domain, settle it as succeeded.
       const deadline = Date.now() + 20_000;
       while ((await sql('SELECT 1 FROM batch_domain WHERE message_id = $1 AND status = $2', [id, 'pending'])).length === 0) {
@@ -440,7 +440,7 @@ describe('operator CLIs', function () {
       const id = newMessageId();
       await seedBatch(id, [{ domain: 'failed.example.com', status: 'failed' }]);
       brokerTouched = true;
-      const r = await run('replay', [id, '--wait', '--timeout', '1']);
+      const r = await run('replay', [id, '--wait', '--timeout', '1', '--reason', 'the platform is back']);
       expect(r.code).to.equal(1);
       expect(r.stderr).to.contain('timed out after 1 s');
       expect(r.stdout).to.match(/failed\.example\.com\s+pending/);

@@ -240,10 +240,13 @@ describe('HTTP API', function () {
       const { rows: stored } = await db.query<{ domain: string; req_type: string; status: string }>(
         'SELECT domain, req_type, status FROM batch_domain WHERE message_id = $1 ORDER BY domain', [id]);
       expect(stored).to.deep.equal([...domains].sort().map((domain) => ({ domain, req_type: 'SELF_DOMAIN_DELETE', status: 'pending' })));
-      const { rows: batch } = await db.query<{ callbacks: number; publish_pending: boolean; published_at: Date | null }>(
-        'SELECT callbacks, publish_pending, published_at FROM batch WHERE message_id = $1', [id]);
+      // The publish flag is cleared in bulk after the broker's confirm, shortly after the reply.
+      const batch = await waitFor('the publish flag cleared', async () => {
+        const { rows } = await db.query<{ callbacks: number; publish_pending: boolean; published_at: Date | null }>(
+          'SELECT callbacks, publish_pending, published_at FROM batch WHERE message_id = $1', [id]);
+        return rows[0]!.publish_pending ? undefined : rows;
+      }, 5000);
       expect(batch[0]!.callbacks).to.equal(1);
-      expect(batch[0]!.publish_pending, 'the broker confirmed the job').to.equal(false);
       expect(batch[0]!.published_at).to.be.instanceOf(Date);
 
       await waitFor('one job on the jobs queue', async () => (await queueDepth(env!, 'jobs')) === 1, 5000);
@@ -546,6 +549,9 @@ describe('HTTP API', function () {
       expect(res.body).to.deep.equal({
         messageId: id, dryRun: true, published: false,
         reopened: [...domains].sort().map((domain) => ({ domain, status: 'pending' })),
+        reopen: [...domains].sort().map((domain) => ({ domain, status: 'pending', detail: null, why: 'pending and not sent yet; its job is published again' })),
+        skipped: [],
+        changes: [],
       });
       expect(await batchVersion(id), 'batch not re-opened').to.equal(before);
       await new Promise((r) => setTimeout(r, 300));
@@ -582,7 +588,7 @@ describe('HTTP API', function () {
       await start();
       const { id } = await storeBatch(2);
       await waitFor('the first job on the queue', async () => (await queueDepth(env!, 'jobs')) === 1, 5000);
-      const res = await request('POST', `/api/batches/${id}/replay`, { body: {}, headers: asOperator });
+      const res = await request('POST', `/api/batches/${id}/replay`, { body: { reason: 'the platform is back' }, headers: asOperator });
       expect(res.status).to.equal(200);
       expect(res.body).to.include({ messageId: id, dryRun: false, published: true });
       await waitFor('a second job on the queue', async () => (await queueDepth(env!, 'jobs')) === 2, 5000);
@@ -634,7 +640,7 @@ describe('HTTP API', function () {
       const seen: string[][] = [];
       let cursor: string | null = null;
       do {
-        const res: Reply = await request('GET', `/api/alarms?messageId=${id}&limit=3${cursor ? `&before=${encodeURIComponent(cursor)}` : ''}`, { headers: asViewer });
+        const res: Reply = await request('GET', `/api/alarms?messageId=${id}&state=resolved&limit=3${cursor ? `&before=${encodeURIComponent(cursor)}` : ''}`, { headers: asViewer });
         expect(res.status, JSON.stringify(res.body).slice(0, 300)).to.equal(200);
         seen.push((res.body.alarms as { content: string }[]).map((a) => a.content));
         cursor = res.body.nextCursor as string | null;
@@ -649,10 +655,10 @@ describe('HTTP API', function () {
         `INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, state)
          SELECT $1, $2, 'BATCH_FAILURES', 'a' || g, 'resolved' FROM generate_series(1, 205) g`,
         [`{"taskId":"${id}_exc","type":"DOMAIN_B_PIPE"}`, id]);
-      const page = await request('GET', `/api/alarms?messageId=${id}`, { headers: asViewer });
+      const page = await request('GET', `/api/alarms?messageId=${id}&state=resolved`, { headers: asViewer });
       expect((page.body.alarms as unknown[]).length).to.equal(50);
       expect(page.body.nextCursor).to.be.a('string');
-      const max = await request('GET', `/api/alarms?messageId=${id}&limit=200`, { headers: asViewer });
+      const max = await request('GET', `/api/alarms?messageId=${id}&state=resolved&limit=200`, { headers: asViewer });
       expect((max.body.alarms as unknown[]).length).to.equal(200);
     });
 
@@ -663,7 +669,7 @@ describe('HTTP API', function () {
       const content = `job parked: 500 of 500 domains failed: ${failures.map((f) => f.domain).join('; ')}`;
       await insertAlarms(id, [{ at: '2026-11-24 08:00:00+00', content, details: { counts: { failed: 500 }, failures } }]);
 
-      const list = await request('GET', `/api/alarms?messageId=${id}`, { headers: asViewer });
+      const list = await request('GET', `/api/alarms?messageId=${id}&state=all`, { headers: asViewer });
       const [alarm] = list.body.alarms as { id: number; content: string; truncated: boolean; details: { counts: unknown; failures: unknown[]; failuresTotal: number } }[];
       expect(alarm!.details.failures).to.deep.equal(failures.slice(0, 20));
       expect(alarm!.details.failuresTotal).to.equal(500);
@@ -722,7 +728,7 @@ describe('HTTP API', function () {
       const id = messageId();
       await insertAlarms(id, [{ at: '2026-11-23 23:59:59+00', content: 'old' }, { at: '2026-11-24 00:00:00+00', content: 'new' }]);
       for (const since of ['2026-11-24', '2026-11-24T08:00:00%2B08:00', '2026-11-24T00:00:00Z']) {
-        const res = await request('GET', `/api/alarms?messageId=${id}&since=${since}`, { headers: asViewer });
+        const res = await request('GET', `/api/alarms?messageId=${id}&state=all&since=${since}`, { headers: asViewer });
         expect((res.body.alarms as { content: string }[]).map((a) => a.content), since).to.deep.equal(['new']);
       }
     });
