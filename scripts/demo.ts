@@ -14,6 +14,7 @@ import { Command } from 'commander';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
+import { hashPassword } from '../src/http/session.js';
 import { createSimulator } from '../src/simulator/server.js';
 import { formatTable, runCli } from './cli.js';
 import { spawnService, type ServiceProcess } from './service-process.js';
@@ -33,6 +34,9 @@ await runCli(async () => {
   const callbackToken = 'demo-callback-token';
   // A demo credential for the operator routes (never use it outside the demo).
   const adminToken = 'demo-admin-token-0000';
+  // A demo operator for the console, hashed the way `npm run console:user` does (never use it outside the demo).
+  const demoUser = { name: 'demo-operator', password: 'demo-operator-password' };
+  const consoleUsers = `${demoUser.name}:operator:${await hashPassword(demoUser.password)}`;
   const prefix = 'pcp-demo';
   const say = (s: string) => process.stdout.write(`${s}\n`);
 
@@ -43,7 +47,7 @@ await runCli(async () => {
   const env: Record<string, string> = {
     DATABASE_URL: base.databaseUrl, REDIS_URL: base.redisUrl, RABBITMQ_URL: base.rabbitmqUrl,
     AMQP_PREFIX: prefix, REDIS_KEY_PREFIX: prefix, CALLBACK_TOKEN: callbackToken, SECPLAT_BASE_URL: simUrl,
-    SECPLAT_PASSWORD: password, ADMIN_TOKEN: adminToken, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', RETRY_TIERS_MS: '1000,5000,15000',
+    SECPLAT_PASSWORD: password, ADMIN_TOKEN: adminToken, CONSOLE_USERS: consoleUsers, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', RETRY_TIERS_MS: '1000,5000,15000',
   };
 
   // Sample inventory, imported with the real import command.
@@ -119,7 +123,12 @@ await runCli(async () => {
         say(`    ${services[0]!.url}/api/pm/pipe/callback`);
         say(`  curl -s -H 'authorization: Bearer ${adminToken}' ${services[0]!.url}/api/batches/${ids[0]}`);
         say(`  curl -s -H 'authorization: Bearer ${adminToken}' ${services[0]!.url}/api/domains/${domains[0]![0]}`);
+        say(`\nConsole: ${services[0]!.url}/console   (the first batch: ${services[0]!.url}/console/batches/${ids[0]})`);
+        say(`  sign in as ${demoUser.name} / ${demoUser.password} (operator: can replay, acknowledge and resolve)`);
         await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });
+      } else {
+        say(`\nConsole: ${services[0]!.url}/console   (stops with this demo now: run npm run demo -- --keep-running to keep it open)`);
+        say(`  sign in as ${demoUser.name} / ${demoUser.password} (operator: can replay, acknowledge and resolve)`);
       }
       return ok ? 0 : 1;
     } finally {
