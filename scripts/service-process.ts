@@ -1,6 +1,6 @@
 /**
- * Runs the service as a real child process and waits until it serves HTTP. Used by the demo and by the
- * tests that need several processes.
+ * Runs the service as a real child process and waits until it serves HTTP. Used by the demo, the bench
+ * (bench/services.ts) and the tests that need several processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +20,7 @@ export interface ServiceProcess {
   pid: number;
   port: number;
   url: string;
+  /** Output lines (stderr as it came); only the last `maxLogLines` of them when that option is given. */
   logs: string[];
   /** Resolves when the service's node process has exited (its output closed), with the spawned process's exit code. */
   exited: Promise<number | null>;
@@ -36,10 +37,14 @@ const COMMANDS: Record<StartCommand, [string, string[]]> = {
   'npm-start': ['npm', ['start']],
 };
 
-/** Runs the service and waits until it serves HTTP. `detached` puts it in a process group of its own. */
+/**
+ * Runs the service and waits until it serves HTTP. `detached` puts it in a process group of its own;
+ * `maxLogLines` keeps only that many of the latest output lines (long runs such as the bench: `onLine`
+ * still sees every line).
+ */
 export async function spawnService(
   env: Record<string, string>,
-  opts: { onLine?: (line: string) => void; command?: StartCommand; detached?: boolean } = {},
+  opts: { onLine?: (line: string) => void; command?: StartCommand; detached?: boolean; maxLogLines?: number } = {},
 ): Promise<ServiceProcess> {
   const [cmd, args] = COMMANDS[opts.command ?? 'sources'];
   const proc = spawn(cmd, args, {
@@ -49,6 +54,10 @@ export async function spawnService(
     detached: opts.detached ?? false,
   });
   const logs: string[] = [];
+  const keep = (line: string) => {
+    logs.push(line);
+    if (opts.maxLogLines !== undefined && logs.length > opts.maxLogLines) logs.splice(0, logs.length - opts.maxLogLines);
+  };
   let buf = '';
   const exitCode = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   // Under npm the node process may outlive npm (npm exits at once on SIGTERM): its stdout closing tells
@@ -62,7 +71,7 @@ export async function spawnService(
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        logs.push(line);
+        keep(line);
         opts.onLine?.(line);
         if (line.includes('"http listening"')) {
           const { port, pid } = JSON.parse(line) as { port: number; pid: number };
@@ -71,7 +80,7 @@ export async function spawnService(
       }
     };
     proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', (c: Buffer) => logs.push(c.toString()));
+    proc.stderr!.on('data', (c: Buffer) => keep(c.toString()));
     void exitCode.then((code) => reject(new Error(`service exited with ${code} before listening:\n${logs.join('\n')}`)));
     setTimeout(() => reject(new Error(`service did not start in 60 s:\n${logs.join('\n')}`)), 60_000).unref();
   });

@@ -1,6 +1,7 @@
 /**
  * Test helpers: isolated names per test (AMQP prefix, Redis key prefix), a config built from them,
- * real service processes, and waiting for real effects.
+ * real service processes, and waiting for real effects. Name cleanup, inventory seeding and the service
+ * spawner are also the bench's (bench/): one copy each.
  */
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
@@ -55,25 +56,50 @@ export function captureLogger(level = 'debug'): { logger: Logger; lines: string[
   return { logger: createLogger({ level, stream }), lines };
 }
 
-/** Deletes every queue, exchange and Redis key a test's prefix created. */
-export async function cleanupNames(env: Record<string, string>): Promise<void> {
+/**
+ * Deletes every queue and exchange of env's AMQP_PREFIX and every Redis key of its REDIS_KEY_PREFIX.
+ * `urls` default to the test servers; env's own RABBITMQ_URL may point nowhere on purpose (a test of an
+ * unreachable broker), so it is never used. Every name is tried even when one fails; then it throws.
+ */
+export async function cleanupNames(
+  env: Record<string, string>, urls: { rabbitmqUrl?: string; redisUrl?: string } = {},
+): Promise<void> {
   const t = topologyNames(env.AMQP_PREFIX!, (env.RETRY_TIERS_MS ?? '').split(',').map(Number));
-  const conn = await amqp.connect(RABBITMQ_URL);
+  const failures: string[] = [];
+  const conn = await amqp.connect(urls.rabbitmqUrl ?? RABBITMQ_URL);
   try {
-    const ch = await conn.createChannel();
-    ch.on('error', () => undefined);
-    for (const q of [t.jobsQueue, t.parkedQueue, ...t.retryQueues.map((r) => r.name)]) await ch.deleteQueue(q);
-    for (const e of [t.jobsExchange, t.retryExchange, t.parkedExchange]) await ch.deleteExchange(e);
+    // A failed delete closes its channel: one channel per name, so one failure does not skip the rest.
+    const names = [
+      ...[t.jobsQueue, t.parkedQueue, ...t.retryQueues.map((r) => r.name)].map((name) => ({ kind: 'queue', name })),
+      ...[t.jobsExchange, t.retryExchange, t.parkedExchange].map((name) => ({ kind: 'exchange', name })),
+    ];
+    for (const { kind, name } of names) {
+      const ch = await conn.createChannel();
+      ch.on('error', () => undefined);
+      try {
+        if (kind === 'queue') await ch.deleteQueue(name);
+        else await ch.deleteExchange(name);
+        await ch.close();
+      } catch (err) {
+        failures.push(`${kind} ${name}: ${(err as Error).message}`);
+      }
+    }
   } finally {
     await conn.close();
   }
-  const redis = new Redis(REDIS_URL);
+  const redis = new Redis(urls.redisUrl ?? REDIS_URL);
   try {
-    const keys = await redis.keys(`${env.REDIS_KEY_PREFIX}:*`);
-    if (keys.length) await redis.del(...keys);
+    // SCAN, never KEYS: KEYS blocks a shared Redis for as long as it walks the whole keyspace.
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${env.REDIS_KEY_PREFIX}:*`, 'COUNT', 500);
+      if (keys.length) await redis.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
   } finally {
     redis.disconnect();
   }
+  if (failures.length) throw new Error(`cleanup of ${env.AMQP_PREFIX} left names behind: ${failures.join('; ')}`);
 }
 
 /** Messages waiting in a queue of this test's topology. */
@@ -92,12 +118,23 @@ export function testDb(): pg.Pool {
   return new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 });
 }
 
-export async function seedInventory(db: pg.Pool, domains: string[], idOf = (d: string) => `uid-${d}`): Promise<void> {
-  await db.query(
-    `INSERT INTO cdn_domain (domain, user_id_cdn) SELECT d, u FROM unnest($1::text[], $2::text[]) AS x(d, u)
-     ON CONFLICT (domain) DO UPDATE SET user_id_cdn = EXCLUDED.user_id_cdn, status = 'active'`,
-    [domains, domains.map(idOf)],
-  );
+/**
+ * Active inventory rows for the given domains (user_id_cdn from `idOf`; a known domain becomes active again),
+ * written 10,000 per statement. `analyze`: then ANALYZE cdn_domain, so a big seed (the bench's) is planned
+ * like the long-lived table it stands for.
+ */
+export async function seedInventory(
+  db: pg.Pool, domains: string[], idOf = (d: string) => `uid-${d}`, opts: { analyze?: boolean } = {},
+): Promise<void> {
+  for (let i = 0; i < domains.length; i += 10_000) {
+    const part = domains.slice(i, i + 10_000);
+    await db.query(
+      `INSERT INTO cdn_domain (domain, user_id_cdn) SELECT d, u FROM unnest($1::text[], $2::text[]) AS x(d, u)
+       ON CONFLICT (domain) DO UPDATE SET user_id_cdn = EXCLUDED.user_id_cdn, status = 'active', deleted_at = NULL, deleted_by_message_id = NULL`,
+      [part, part.map(idOf)],
+    );
+  }
+  if (opts.analyze) await db.query('ANALYZE cdn_domain');
 }
 
 export function domainsFor(prefix: string, n: number): string[] {

@@ -1,21 +1,25 @@
 /**
  * Load generator of `npm run bench`, run as its own process so it does not share an event loop with
- * what it measures. Internal: started by scripts/bench.ts with one JSON argument, prints one JSON line.
+ * what it measures. Internal: started by bench/sections/ingest.ts with one JSON argument, prints one JSON line.
  *
  * - mode "http": POSTs fifty-domain callbacks to the API with `concurrency` requests in flight
  *   (keep-alive sockets), for `warmupMs` unmeasured and then `durationMs` measured.
- * - mode "pg": the PostgreSQL ceiling: the same rows in the same transaction shape as the API's ingest
- *   (the service's own recordCallback: audit + batch + one row per domain, one transaction, default
- *   synchronous_commit), with `concurrency` transactions in flight, and nothing else.
+ * - mode "pg": the PostgreSQL ceiling: the same rows written the way the API writes them, with nothing else in
+ *   the way (default synchronous_commit), `concurrency` callbacks in flight. `pgShape` "statement": the
+ *   service's own recordCallback, one statement (audit + batch + one row per domain) per callback, one
+ *   round trip, its own transaction; "grouped": the service's own IngestBatcher, so callbacks in flight at
+ *   once share one statement and one commit (group commit). The ingest section runs both and takes the best.
  */
 import http from 'node:http';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { createLogger } from '../../src/lib/logger.js';
-import { createDb, withTransaction } from '../../src/store/db.js';
-import { recordCallback } from '../../src/store/ledger.js';
-import { cpuMs, machineCpu } from './support.js';
+import { createLogger } from '../src/lib/logger.js';
+import { IngestBatcher } from '../src/pipeline/ingest-batcher.js';
+import { createDb } from '../src/store/db.js';
+import { recordCallback } from '../src/store/ledger.js';
+import { busyShare, cpuMs, machineCpu } from './proc-stats.js';
+import { quantile } from './stats.js';
 
 export interface LoadConfig {
   mode: 'http' | 'pg';
@@ -24,6 +28,8 @@ export interface LoadConfig {
   callbackToken?: string;
   /** Database URL (pg mode). */
   databaseUrl?: string;
+  /** pg mode: one statement per callback, or callbacks in flight grouped into one statement (default statement). */
+  pgShape?: 'statement' | 'grouped';
   concurrency: number;
   /** A process (the API) whose CPU use over the measured window is reported. */
   watchPid?: number;
@@ -91,12 +97,17 @@ function httpOp(): () => Promise<void> {
 }
 
 function pgOp(): { op: () => Promise<void>; close: () => Promise<void> } {
-  const db = createDb({ databaseUrl: cfg.databaseUrl!, databasePoolSize: cfg.concurrency, databaseStatementTimeoutMs: 10_000 }, createLogger({ level: 'error' }));
+  const logger = createLogger({ level: 'error' });
+  const db = createDb({ databaseUrl: cfg.databaseUrl!, databasePoolSize: cfg.concurrency, databaseStatementTimeoutMs: 10_000 }, logger);
+  // As the API's default: INGEST_STATEMENTS_IN_FLIGHT=2 (config/default.json).
+  const batcher = cfg.pgShape === 'grouped' ? new IngestBatcher({ db, logger }, 2) : undefined;
   const op = async () => {
     const hex = nextHex();
     const body = JSON.parse(template.join(hex)) as { messageId: string };
-    const items = domainsOf(hex).map((domain) => ({ domain, reqType: 'SELF_DOMAIN_DELETE', supported: true }));
-    await withTransaction(db, (client) => recordCallback(client, { messageId: body.messageId, remoteAddr: '127.0.0.1', body, items }));
+    // As parseCallback hands them to the API's ingest (percent and process as sent).
+    const items = domainsOf(hex).map((domain) => ({ domain, reqType: 'SELF_DOMAIN_DELETE', supported: true, percent: 1, process: false }));
+    const input = { messageId: body.messageId, remoteAddr: '127.0.0.1', body, items };
+    await (batcher ? batcher.record(input) : recordCallback(db, input));
   };
   return { op, close: () => db.end() };
 }
@@ -140,18 +151,18 @@ async function main(): Promise<LoadResult> {
   clearTimeout(t2);
   first ??= reading();
   last ??= reading();
-  const busyShare = (last.machine.busy - first.machine.busy) / (last.machine.total - first.machine.total);
+  const busy = busyShare(first.machine, last.machine);
   const windowWall = last.at - first.at;
   await close();
   latencies.sort((a, b) => a - b);
-  const q = (p: number) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.ceil(p * latencies.length) - 1)]! : NaN;
+  const q = (p: number) => quantile(latencies, p);
   return {
     mode: cfg.mode, concurrency: cfg.concurrency, windowMs: cfg.durationMs, measured: latencies.length,
     perSec: latencies.length / (cfg.durationMs / 1000), p50Ms: q(0.5), p90Ms: q(0.9), p99Ms: q(0.99), maxMs: latencies.at(-1) ?? NaN,
     okTotal, errors, errorSamples, cpuPercent: ((cpu.user + cpu.system) / 1000 / wall) * 100,
-    machineCpuPercent: busyShare * 100,
+    machineCpuPercent: busy * 100,
     watchedCpuPercent: first.watched !== undefined && last.watched !== undefined ? ((last.watched - first.watched) / windowWall) * 100 : undefined,
-    machineCpuMsPerOp: (busyShare * os.cpus().length * windowWall) / Math.max(1, latencies.length),
+    machineCpuMsPerOp: (busy * os.cpus().length * windowWall) / Math.max(1, latencies.length),
   };
 }
 

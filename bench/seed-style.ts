@@ -1,7 +1,7 @@
 /**
  * The baseline of `npm run bench`: the "seed-style" way of doing the same work, built into the bench only
- * so the service's figures have something to stand beside. Internal: started by scripts/bench.ts with one
- * JSON argument, prints one JSON line.
+ * so the service's figures have something to stand beside. Internal: started by bench/sections/baseline.ts
+ * with one JSON argument, prints one JSON line.
  *
  * Each job (one callback of `domainsPerJob` domains) fetches its own token, then sends its domains in
  * chunks of `batchSize`, one call in flight, and never retries: a chunk answered 401 (its token was killed

@@ -1,0 +1,76 @@
+/**
+ * The bench's command line and the plan it turns into (every default, quick or full, decided here).
+ */
+import { InvalidArgumentError, Option } from 'commander';
+import { createProgram, integer } from '../scripts/cli.js';
+
+export const SECTIONS = ['ingest', 'e2e', 'token', 'baseline', 'memory', 'history'] as const;
+export type SectionName = (typeof SECTIONS)[number];
+
+const intList = (value: string): number[] => {
+  const list = value.split(',').map((v) => Number(v.trim()));
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > 16)) throw new InvalidArgumentError('must be a comma-separated list of integers from 1 to 16.');
+  return list;
+};
+const sectionList = (value: string): SectionName[] => {
+  const list = value.split(',').map((v) => v.trim());
+  const bad = list.filter((s) => !(SECTIONS as readonly string[]).includes(s));
+  if (bad.length) throw new InvalidArgumentError(`unknown section(s) ${bad.join(', ')}; choose from ${SECTIONS.join(', ')}.`);
+  return list as SectionName[];
+};
+
+export const program = createProgram('bench', 'Measures ingest, end-to-end throughput, token economy, a seed-style baseline, worker memory and the cost of operator and relay reads as history grows; prints tables and writes bench/results/<timestamp>.json.')
+  .option('--quick', 'a short run (a few minutes): shorter windows, fewer callbacks, fewer token runs, 10k-domain memory run, 100k-row history', false)
+  .option('--only <sections>', `run only these sections (comma-separated: ${SECTIONS.join(', ')})`, sectionList)
+  .option('--ingest-seconds <s>', 'measured window of each ingest run (default 15, quick 4)', integer(1, 600))
+  .option('--ingest-concurrency <n>', 'requests (and ceiling transactions) in flight during ingest', integer(1, 512), 8)
+  .option('--latency <ms>', 'simulated security-platform latency per delete call (e2e, token, baseline)', integer(1, 10_000), 400)
+  .addOption(new Option('--workers <list>', 'worker process counts for end to end').argParser(intList).default([1, 2, 4], '1,2,4'))
+  .option('--callbacks-per-worker <k>', 'end to end: K = this × workers callbacks of 50 domains (default 100, quick 10)', integer(1, 100_000))
+  .option('--token-workers <list>', 'worker process counts for the token economy (default 1,2,4,8; quick 1,4)', intList)
+  .option('--token-seconds <s>', 'how long callbacks keep arriving in each token run (default 30, quick 10)', integer(5, 600))
+  .option('--memory-domains <n>', 'domains the memory run pushes through one worker (default 100000, quick 10000)', integer(1000, 10_000_000))
+  .option('--history <n>', 'history: domain rows preloaded before the second measurement (default 2000000, quick 100000)', integer(1000, 50_000_000))
+  .option('--history-samples <n>', 'history: timed calls of each operation, on the empty ledger and again with the history (default 300, quick 60)', integer(10, 100_000))
+  .option('--out <dir>', 'where the JSON result goes', 'bench/results')
+  .addHelpText('after', '\nSections run in the order listed above. Figures are measurements, never pass/fail: exit 0 when the bench ran, 1 when it could not, 2 on a usage error.');
+
+interface Options {
+  quick: boolean; only?: SectionName[]; ingestSeconds?: number; ingestConcurrency: number; latency: number; workers: number[];
+  callbacksPerWorker?: number; tokenWorkers?: number[]; tokenSeconds?: number; memoryDomains?: number;
+  history?: number; historySamples?: number; out: string;
+}
+
+export type Plan = ReturnType<typeof makePlan>;
+
+/** Every knob of the run, from the command line with the quick or full defaults filled in. */
+export function makePlan(opts: Options) {
+  const q = opts.quick;
+  return {
+    quick: q,
+    out: opts.out,
+    sections: opts.only ?? [...SECTIONS],
+    ingestSeconds: opts.ingestSeconds ?? (q ? 4 : 15),
+    ingestWarmupSeconds: q ? 1 : 3,
+    ingestConcurrency: opts.ingestConcurrency,
+    latencyMs: opts.latency,
+    workers: opts.workers,
+    callbacksPerWorker: opts.callbacksPerWorker ?? (q ? 10 : 100),
+    tokenWorkers: opts.tokenWorkers ?? (q ? [1, 4] : [1, 2, 4, 8]),
+    tokenSeconds: opts.tokenSeconds ?? (q ? 10 : 30),
+    tokenTtlSec: q ? 8 : 10,
+    tokenRefreshBeforeMs: 2000,
+    // When another client takes the token, as fractions of the arrival stretch (apart from the refresh points).
+    tokenInvalidateAt: q ? [0.75] : [0.35, 0.75],
+    tokenCallbacksPerSec: 2,
+    memoryDomains: opts.memoryDomains ?? (q ? 10_000 : 100_000),
+    memoryLatencyMs: 0,
+    historyRows: opts.history ?? (q ? 100_000 : 2_000_000),
+    historySamples: opts.historySamples ?? (q ? 60 : 300),
+  };
+}
+
+/** Parses argv (usage errors throw a CommanderError, which runCli maps to exit 2). */
+export function parsePlan(): Plan {
+  return makePlan(program.parse().opts<Options>());
+}
