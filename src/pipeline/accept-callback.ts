@@ -1,17 +1,28 @@
 /**
- * Accepting a callback: store it durably (one transaction), then try to publish its job. The vendor is
- * told OK once the ledger holds the batch; a job the broker did not confirm is published by the relay.
+ * Accepting a callback: store it durably with one statement (one round trip, its own transaction: the
+ * audit row, the batch, its domains and any UNSUPPORTED_REQ_TYPE alarm), then publish its job and wait for
+ * the broker's confirm. The vendor is told OK once the ledger holds the batch; a job the broker did not
+ * confirm is published by the relay. Concurrent callbacks share one statement and one commit (group commit,
+ * src/pipeline/ingest-batcher.ts); the publish flag is cleared in bulk after the reply.
  */
+import type { Config } from '../config.js';
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
 import type { Db } from '../store/db.js';
-import { withTransaction } from '../store/db.js';
-import { recordCallback } from '../store/ledger.js';
-import { raiseAlarm } from '../store/alarms.js';
 import { parseCallback } from './callback-input.js';
+import { batcherFor, publishFlagsFor } from './ingest-batcher.js';
 import { publishBatchJob, type JobPublisher } from './publish.js';
 
-export interface AcceptDeps { db: Db; broker: JobPublisher; logger: Logger; metrics: Metrics; config: { callbackMaxItems: number } }
+export interface AcceptDeps {
+  db: Db;
+  broker: JobPublisher;
+  logger: Logger;
+  metrics: Metrics;
+  /** INGEST_STATEMENTS_IN_FLIGHT and PUBLISH_FLAG_FLUSH_MS are read when present (defaults otherwise). */
+  config: Pick<Config, 'callbackMaxItems'> & Partial<Pick<Config, 'ingestStatementsInFlight' | 'publishFlagFlushMs'>>;
+  /** Where the batcher and the flag writer register their shutdown step (the context's releasers). */
+  releasers?: { add(name: string, release: () => Promise<void> | void): void };
+}
 
 export interface AcceptResult {
   messageId: string;
@@ -25,25 +36,20 @@ export interface AcceptResult {
   published: boolean;
 }
 
+/**
+ * Validates, stores and publishes one callback. Throws CallbackRejectedError for bad input (nothing
+ * stored), DependencyUnavailableError when PostgreSQL is away or the statement lost a deadlock or
+ * serialization conflict (nothing stored: the vendor retries). Resolves only after the commit.
+ */
 export async function acceptCallback(deps: AcceptDeps, body: unknown, remoteAddr: string | undefined): Promise<AcceptResult> {
   const input = parseCallback(body, deps.config.callbackMaxItems);
   const log = deps.logger.child({ messageId: input.messageId });
   const unsupported = input.items.filter((i) => !i.supported);
+  // Built with the service's logger (not this callback's child) on first use; publishBatchJob reuses it.
+  publishFlagsFor(deps);
 
-  const { added, known, awaiting, resumed, updatedAt } = await withTransaction(deps.db, async (client) => {
-    const stored = await recordCallback(client, { messageId: input.messageId, remoteAddr, body, items: input.items });
-    const newUnsupported = unsupported.filter((i) => stored.added.includes(i.domain));
-    if (newUnsupported.length > 0) {
-      await raiseAlarm(client, {
-        messageId: input.messageId,
-        type: 'UNSUPPORTED_REQ_TYPE',
-        content: `${newUnsupported.length} item(s) with an unsupported reqType were recorded, not processed: `
-          + newUnsupported.map((i) => `${i.domain} (${i.reqType})`).join(', '),
-        details: { items: newUnsupported },
-      });
-    }
-    return stored;
-  });
+  const { added, known, awaiting, resumed, updatedAt } = await batcherFor(deps)
+    .record({ messageId: input.messageId, remoteAddr, body, items: input.items });
   for (const i of unsupported) log.warn('unsupported reqType recorded and alarmed', { domain: i.domain, reqType: i.reqType });
   log.info('callback stored', { added: added.length, known: known.length, awaiting: awaiting.length, resumed: resumed.length });
   if (awaiting.length > 0) {
@@ -51,7 +57,7 @@ export async function acceptCallback(deps: AcceptDeps, body: unknown, remoteAddr
       { count: awaiting.length, domains: awaiting.slice(0, 20) });
   }
 
-  const published = await publishBatchJob({ ...deps, logger: log }, input.messageId, updatedAt);
+  const published = await publishBatchJob({ ...deps, logger: log }, input.messageId, updatedAt, 'first_run');
   return {
     messageId: input.messageId, added: added.length, known: known.length, unsupported: unsupported.length,
     awaiting: awaiting.length, resumed: resumed.length, published,
