@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { ConfigError } from './lib/errors.js';
 import { redactUrl } from './lib/logger.js';
 import { WEBHOOK_FORMATS } from './notify/format.js';
+import { PASSWORD_HASH_RULE, parsePasswordHash } from './http/session.js';
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => {
   const msg = `must be a whole number${max === Number.MAX_SAFE_INTEGER ? ` of at least ${min}` : ` from ${min} to ${max}`}`;
@@ -84,6 +85,38 @@ const proxyList = z.string().transform((s, ctx): string[] => {
 export const MIN_SECRET_LENGTH = 16;
 const bearerSecret = z.string().refine((v) => v === '' || v.length >= MIN_SECRET_LENGTH, `must be empty or at least ${MIN_SECRET_LENGTH} characters`);
 
+/** A person who may sign in to the console (CONSOLE_USERS); `hash` is checked by parsePasswordHash. */
+export interface ConsoleUser { name: string; role: 'viewer' | 'operator'; hash: string }
+/** Console user names: what the audit shows. No ":" or "," (the separators), none of the bearer names. */
+export const CONSOLE_USER_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
+export const RESERVED_NAMES = new Set(['admin-token', 'viewer-token', 'system']);
+const CONSOLE_USERS_RULE = `must be comma-separated name:role:hash entries (name of 1-64 letters, digits, ".", "_", "@" or "-", not ${[...RESERVED_NAMES].join(', ')}; role viewer or operator; hash ${PASSWORD_HASH_RULE})`;
+// Messages name an entry by its position and user name only: the value holds password hashes.
+const consoleUserList = z.string().transform((s, ctx): ConsoleUser[] => {
+  const out: ConsoleUser[] = [];
+  const entries = commaList(s);
+  for (const [i, entry] of entries.entries()) {
+    const [name = '', role = '', ...rest] = entry.split(':');
+    const hash = rest.join(':');
+    const which = `entry ${i + 1}${CONSOLE_USER_NAME.test(name) ? ` (${JSON.stringify(name)})` : ''}`;
+    const problem = !CONSOLE_USER_NAME.test(name) || RESERVED_NAMES.has(name) ? 'has no valid name'
+      : role !== 'viewer' && role !== 'operator' ? 'has a role other than viewer or operator'
+        : !parsePasswordHash(hash) ? 'has no valid hash'
+          : out.some((u) => u.name === name) ? 'repeats a name'
+            : undefined;
+    if (problem) {
+      ctx.addIssue({ code: 'custom', message: `${CONSOLE_USERS_RULE}; ${which} ${problem}` });
+      return z.NEVER;
+    }
+    out.push(Object.freeze({ name, role: role as ConsoleUser['role'], hash }));
+  }
+  return out;
+});
+// Headers that carry something else (credentials, addresses, the CSRF token): never a user name.
+const NOT_A_USER_HEADER = new Set(['authorization', 'cookie', 'host', 'origin', 'referer', 'x-csrf-token', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'x-callback-token']);
+const ssoHeader = z.string().trim().toLowerCase().refine((v) => v === '' || (/^[a-z0-9!#$%&'*+.^_`|~-]{1,64}$/.test(v) && !NOT_A_USER_HEADER.has(v) && !v.startsWith('content-')),
+  'must be empty or an HTTP header name such as X-Forwarded-User (not Authorization, Cookie, Host, Origin or an X-Forwarded-For/Proto/Host header)');
+
 /** Every key: [environment variable, one-line doc, schema]. README's config table mirrors this. */
 export const configKeys = {
   role: ['ROLE', 'Which parts run in this process: all, api or worker', z.enum(['all', 'api', 'worker'])],
@@ -98,7 +131,7 @@ export const configKeys = {
   redisKeyPrefix: ['REDIS_KEY_PREFIX', 'Prefix of every Redis key (isolates environments)', z.string().min(1)],
   rabbitmqUrl: ['RABBITMQ_URL', 'RabbitMQ URL', url(/^amqps?:$/)],
   amqpPrefix: ['AMQP_PREFIX', 'Prefix of every exchange and queue name', z.string().regex(/^[A-Za-z0-9_.-]+$/)],
-  amqpPrefetch: ['AMQP_PREFETCH', 'Jobs (messageIds) in flight per worker process', int(1, 1000)],
+  amqpPrefetch: ['AMQP_PREFETCH', 'Most jobs (messageIds) a worker process holds at once; it asks for more only while those it holds cannot fill its calls (one-domain callbacks need up to (2 × SECPLAT_CONCURRENCY + 2) × SECPLAT_BATCH_SIZE)', int(1, 1000)],
   amqpConfirmTimeoutMs: ['AMQP_CONFIRM_TIMEOUT_MS', 'How long a publish waits for the broker confirm', int(100)],
   amqpDeliveryLimit: ['AMQP_DELIVERY_LIMIT', 'Deliveries of one job before the broker parks it', int(1, 1000)],
   retryTiersMs: ['RETRY_TIERS_MS', 'Delays of the retry queues, in order', msList],
@@ -110,9 +143,18 @@ export const configKeys = {
   trustProxy: ['TRUST_PROXY', 'Proxies whose X-Forwarded-For is believed, for the allowlist: comma-separated IPs, CIDRs or loopback, linklocal, uniquelocal (empty = none)', proxyList],
   callbackBodyLimit: ['CALLBACK_BODY_LIMIT', 'Largest callback body accepted', z.string().regex(/^\d+(b|kb|mb)$/i)],
   callbackMaxItems: ['CALLBACK_MAX_ITEMS', 'Most domains accepted in one callback', int(1, 100000)],
+  ingestStatementsInFlight: ['INGEST_STATEMENTS_IN_FLIGHT', 'Most ingest statements one process runs at once; callbacks arriving meanwhile are stored together by the next one (group commit), each answered once it committed', int(1, 200)],
+  publishFlagFlushMs: ['PUBLISH_FLAG_FLUSH_MS', 'Publish flags of jobs the broker confirmed are cleared together, by at most one UPDATE per this many ms per process (a flag not cleared yet only lets the relay publish that job again)', int(1, 500)],
   adminToken: ['ADMIN_TOKEN', 'Bearer token of the operator role: read every operator route and replay (at least 16 characters; empty = no operator)', bearerSecret],
   viewerToken: ['VIEWER_TOKEN', 'Bearer token of the viewer role: read batches, alarms and /metrics, never replay (at least 16 characters, not ADMIN_TOKEN; empty = no viewer)', bearerSecret],
   metricsAuth: ['METRICS_AUTH', 'token = /metrics needs VIEWER_TOKEN or ADMIN_TOKEN as a bearer; none = /metrics open to anyone who reaches the port (must be explicit)', z.enum(['token', 'none'])],
+  consoleUsers: ['CONSOLE_USERS', 'People who may sign in at /console/login: comma-separated name:role:hash entries, role viewer or operator, hash printed by npm run console:user (empty = no console sign-in)', consoleUserList],
+  consoleSessionTtlMs: ['CONSOLE_SESSION_TTL_MS', 'Longest a console session lasts after sign-in, however active', int(1000, 2_592_000_000)],
+  consoleSessionIdleMs: ['CONSOLE_SESSION_IDLE_MS', 'A console session ends after this long without a request (each request restarts the clock)', int(1000, 2_592_000_000)],
+  consoleLoginMaxFailures: ['CONSOLE_LOGIN_MAX_FAILURES', 'Failed sign-ins allowed per name and address (four times as many per address) within CONSOLE_LOGIN_WINDOW_MS; then 429 until the window ends. Counted in memory by each process', int(1, 1000)],
+  consoleLoginWindowMs: ['CONSOLE_LOGIN_WINDOW_MS', 'The window of CONSOLE_LOGIN_MAX_FAILURES', int(1000, 86_400_000)],
+  ssoUserHeader: ['SSO_USER_HEADER', 'Header in which a single sign-on proxy names the signed-in user, e.g. X-Forwarded-User; believed only from a TRUST_PROXY address (empty = no single sign-on)', ssoHeader],
+  ssoOperators: ['SSO_OPERATORS', 'Comma-separated user names (exactly as the SSO proxy sends them) who are operators; everyone else the proxy lets through is a viewer', z.string().transform(commaList)],
   httpRequestTimeoutMs: ['HTTP_REQUEST_TIMEOUT_MS', 'Longest a client may take to send one whole request (headers within the first 10 s); then 408 and the connection closes', int(100, 600_000)],
   httpMaxConnections: ['HTTP_MAX_CONNECTIONS', 'Most HTTP connections open at once; a connection beyond it is closed at once', int(1, 1_000_000)],
   secplatBaseUrl: ['SECPLAT_BASE_URL', 'Security platform base URL', url(/^https?:$/)],
@@ -141,6 +183,7 @@ export const configKeys = {
   alarmNotifyBackoffMaxMs: ['ALARM_NOTIFY_BACKOFF_MAX_MS', 'Longest wait between two attempts of a notification (it is retried until confirmed)', int(50, 86_400_000)],
   publicBaseUrl: ['PUBLIC_BASE_URL', 'Base URL operators open the service at, for links in notifications (<PUBLIC_BASE_URL>/console/batches/<messageId>); empty = no links',
     z.string().refine((v) => v === '' || url(/^https?:$/).safeParse(v).success, 'must be empty or an http:// or https:// URL').transform((v) => v.replace(/\/+$/, ''))],
+  bulkReplayMaxBatches: ['BULK_REPLAY_MAX_BATCHES', 'Most batches one bulk replay (POST /api/replays/bulk) may touch; a filter matching more is refused, asking to narrow it', int(1, 100_000)],
 } as const;
 
 type Keys = typeof configKeys;
@@ -173,6 +216,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (config.viewerToken && config.viewerToken === config.adminToken) {
     throw new ConfigError('VIEWER_TOKEN must differ from ADMIN_TOKEN (a viewer may only read; with the same token every viewer could replay).');
   }
+  if (config.ssoOperators.length > 0 && !config.ssoUserHeader) {
+    throw new ConfigError('SSO_OPERATORS is set but SSO_USER_HEADER is empty: set the header your single sign-on proxy names the user in, or leave SSO_OPERATORS empty.');
+  }
   // A worker calls the platform with this password; an empty one only makes sense against the simulator.
   if (config.role !== 'api' && !config.secplatPassword && !isLocalUrl(config.secplatBaseUrl)) {
     throw new ConfigError(`SECPLAT_PASSWORD must be set when SECPLAT_BASE_URL (${redactUrl(config.secplatBaseUrl)}) is not the local simulator on 127.0.0.1, ::1 or localhost.`);
@@ -191,7 +237,7 @@ function isLocalUrl(u: string): boolean {
 }
 
 // ALARM_WEBHOOK_URL: robot webhooks carry their secret in the path or query (Slack, WeCom key=, DingTalk access_token=).
-const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN', 'VIEWER_TOKEN', 'ALARM_WEBHOOK_URL']);
+const SECRETS = new Set(['SECPLAT_PASSWORD', 'CALLBACK_TOKEN', 'ADMIN_TOKEN', 'VIEWER_TOKEN', 'ALARM_WEBHOOK_URL', 'CONSOLE_USERS']);
 function isSecret(envName: string): boolean {
   return SECRETS.has(envName);
 }

@@ -23,6 +23,8 @@ export interface AppContext {
   logger: Logger;
   metrics: Metrics;
   db: Db;
+  /** The call path's own PostgreSQL connections (claims, inventory lookups, lease renewals); see below. */
+  callDb: Db;
   redis: Redis;
   broker: Broker;
   tokens: TokenManager;
@@ -47,6 +49,10 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
 
   const db = createDb(config, logger);
   releasers.add('postgres', () => db.end());
+  // Two connections of their own for what a call waits on (src/pipeline/call-packer.ts): per-job bookkeeping
+  // queued on the main pool must not hold a call slot while its lease is renewed, nor delay the next call.
+  const callDb = createDb({ ...config, databasePoolSize: 2 }, logger);
+  releasers.add('postgres (call path)', () => callDb.end());
 
   const redis = new Redis(config.redisUrl, {
     lazyConnect: true,
@@ -91,7 +97,7 @@ export function createContext(config: Config, opts: { logger?: Logger } = {}): A
   registerPipelineMetrics({ registry: metrics.registry, db, redis, broker, logger: logger.child({ component: 'metrics' }) });
 
   return {
-    config, logger, metrics, db, redis, broker, tokens, secplat, releasers,
+    config, logger, metrics, db, callDb, redis, broker, tokens, secplat, releasers,
     secplatLimit: pLimit(config.secplatConcurrency),
     shutdownSignal: abort.signal,
     stopWork: () => abort.abort(),

@@ -69,10 +69,12 @@ export async function startService(config: Config, ctx: AppContext = createConte
 }
 
 /**
- * Takes no new job and starts no new call; calls in flight finish (each has its own timeout) and the
- * unfinished rest of their jobs goes back to the queue. Shortly before SHUTDOWN_TIMEOUT_MS the calls still
- * in flight are cut, so that what the platform has answered, and the cut calls as retryable, is written
- * while PostgreSQL is still open: a lapsed claim would make another worker delete them a second time.
+ * Takes no new job and starts no new call: the call prepared ahead (claimed, not sent) goes back to pending
+ * at once (src/pipeline/call-packer.ts); calls in flight finish (each has its own timeout) and are recorded,
+ * and each job is then acked or, with domains still open, requeued for another worker. Shortly before
+ * SHUTDOWN_TIMEOUT_MS the calls still in flight are cut, so that what the platform has answered, and the cut
+ * calls as retryable, is written while PostgreSQL is still open: a lapsed claim would make another worker
+ * delete them a second time.
  */
 async function drainWorker(ctx: AppContext): Promise<void> {
   const { broker, config, logger } = ctx;

@@ -2,6 +2,13 @@
  * The RabbitMQ side: one recovering connection (amqplib's own connection recovery), a confirm channel for
  * publishing and, for workers, a consumer channel. amqplib reconnects the connection; channels, topology
  * and consumers are re-created in its `setup` hook after every (re)connect.
+ *
+ * How many jobs a worker holds adapts to what it needs to fill its calls (JobDemand), within AMQP_PREFETCH.
+ * A quorum queue applies a prefetch change only to consumers started after it (and has no channel-wide
+ * "global" prefetch), so the credit is a number of consumers instead: each takes one job at a time
+ * (prefetch 1), more are opened while the worker wants more jobs, and an idle one, or one whose job just
+ * ended, is cancelled while it holds more than it needs. A cancelled consumer's unacked job stays on the
+ * channel and is still acked or nacked as usual.
  */
 import { randomUUID } from 'node:crypto';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Message } from 'amqplib';
@@ -9,7 +16,15 @@ import { DependencyUnavailableError } from '../lib/errors.js';
 import { redactUrl, type Logger } from '../lib/logger.js';
 import { declareTopology, type Topology } from './topology.js';
 
-export interface Job { messageId: string; attempt: number }
+/**
+ * What caused a job: a callback (`first_run`), a retry tier (`retry`), the relay's stalled sweep
+ * (`stalled_sweep`) or an operator's replay (`replay`). Recorded with every attempt it leads to.
+ */
+export const JOB_TRIGGERS = ['first_run', 'retry', 'stalled_sweep', 'replay'] as const;
+export type JobTrigger = (typeof JOB_TRIGGERS)[number];
+
+/** A job body. `trigger` is absent in jobs published before it existed: they count as first_run. */
+export interface Job { messageId: string; attempt: number; trigger?: JobTrigger }
 
 /** What a consumer decided about one delivery. */
 export type Disposition =
@@ -18,13 +33,26 @@ export type Disposition =
   | { action: 'park'; reason: string }              // dead-letter to the parked queue
   | { action: 'requeue' };                          // give it back now (counts toward the delivery limit)
 
-export type JobHandler = (msg: ConsumeMessage) => Promise<Disposition>;
+/**
+ * How many jobs a consumer wants (the call packer, src/pipeline/call-packer.ts). The broker asks for `more`
+ * (that many consumers wait for a delivery) and, while `surplus`, closes the consumer of a job that ended
+ * instead of letting it take the next one. AMQP_PREFETCH bounds the jobs held either way.
+ */
+export interface JobDemand {
+  wanted(): { more: number; surplus: boolean };
+  /** Calls `listener` whenever `wanted()` may have changed. */
+  onChange(listener: () => void): void;
+}
+
+/** Decides about one delivery; without `demand`, the worker holds AMQP_PREFETCH jobs whenever it can. */
+export type JobHandler = ((msg: ConsumeMessage) => Promise<Disposition>) & { readonly demand?: JobDemand };
 
 export interface BrokerOptions {
   url: string;
   topology: Topology;
   deliveryLimit: number;
   confirmTimeoutMs: number;
+  /** Most jobs held (unacked) at once by this process's consumers. */
   prefetch: number;
   logger: Logger;
 }
@@ -32,7 +60,8 @@ export interface BrokerOptions {
 export class Broker {
   private connection: Awaited<ReturnType<typeof connectRecovering>> | undefined;
   private publisher: ConfirmChannel | undefined;
-  private consumer: { channel: Channel; tag: string } | undefined;
+  private consumers: ConsumerPool | undefined;
+  private consumerChannel: Channel | undefined;
   private handler: JobHandler | undefined;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly returned = new Set<string>();
@@ -46,10 +75,13 @@ export class Broker {
    */
   async start(handler?: JobHandler): Promise<void> {
     this.handler = handler;
+    handler?.demand?.onChange(() => this.consumers?.reconcile());
     this.connection = await connectRecovering(this.opts.url, (model) => this.setup(model));
     this.connection.on('disconnect', (err: Error) => {
       this.publisher = undefined;
-      this.consumer = undefined;
+      this.consumers?.abandon();
+      this.consumers = undefined;
+      this.consumerChannel = undefined;
       this.opts.logger.warn('rabbitmq disconnected, reconnecting', { err: err.message });
     });
     this.connection.on('connect-failed', (err: Error) => this.opts.logger.warn('rabbitmq connect attempt failed', { err: err.message }));
@@ -89,14 +121,18 @@ export class Broker {
       const channel = await model.createChannel();
       channel.on('error', (err: Error) => this.opts.logger.error('rabbitmq consumer channel error', { err: err.message }));
       channel.on('close', recycle('consumer channel'));
-      await channel.prefetch(this.opts.prefetch);
+      // Applies to every consumer opened on this channel from now on: one unacked job each.
+      await channel.prefetch(1);
       const handler = this.handler;
-      const { consumerTag } = await channel.consume(this.opts.topology.jobsQueue, (msg) => {
-        // null = the broker cancelled our consumer (e.g. the queue was deleted): rebuild, do not go quiet.
-        if (!msg) return recycle('consumer (cancelled by the broker)')();
-        this.track(this.dispatch(channel, handler, msg));
+      const pool: ConsumerPool = new ConsumerPool({
+        channel, queue: this.opts.topology.jobsQueue, max: this.opts.prefetch, demand: handler.demand, logger: this.opts.logger,
+        onMessage: (msg) => this.track(this.dispatch(channel, pool, handler, msg)),
+        // The broker cancelled a consumer (e.g. the queue was deleted): rebuild, do not go quiet.
+        onCancelledByBroker: recycle('consumer (cancelled by the broker)'),
       });
-      this.consumer = { channel, tag: consumerTag };
+      await pool.start();
+      this.consumers = pool;
+      this.consumerChannel = channel;
     }
     this.publisher = publisher;
     this.opts.logger.info('rabbitmq connected', { consuming: this.handler !== undefined });
@@ -105,9 +141,14 @@ export class Broker {
   /** Stops taking new jobs; deliveries already received keep running. */
   async cancelConsumer(): Promise<void> {
     this.handler = undefined;
-    const c = this.consumer;
-    this.consumer = undefined;
-    if (c) await c.channel.cancel(c.tag).catch(() => undefined);
+    const pool = this.consumers;
+    this.consumers = undefined;
+    await pool?.cancelAll();
+  }
+
+  /** Consumers open and jobs held by them, for tests and diagnostics. */
+  get consumerState(): { consumers: number; held: number } {
+    return this.consumers?.state ?? { consumers: 0, held: 0 };
   }
 
   /** Waits for deliveries in progress (bounded by the caller's shutdown deadline). */
@@ -145,6 +186,9 @@ export class Broker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // The consumer channel first, and gracefully: a quorum queue may not yet have applied the last acks when
+    // the connection goes, and then hands those jobs out again (seen with an ack sent just before the close).
+    await this.consumerChannel?.close().catch(() => undefined);
     await this.connection?.close().catch(() => undefined);
   }
 
@@ -178,7 +222,7 @@ export class Broker {
     }
   }
 
-  private async dispatch(channel: Channel, handler: JobHandler, msg: ConsumeMessage): Promise<void> {
+  private async dispatch(channel: Channel, pool: ConsumerPool, handler: JobHandler, msg: ConsumeMessage): Promise<void> {
     let d: Disposition;
     try {
       d = await handler(msg);
@@ -186,6 +230,9 @@ export class Broker {
       this.opts.logger.error('job handler failed unexpectedly; requeueing', { err });
       d = { action: 'requeue' };
     }
+    const tag = msg.fields.consumerTag;
+    // Before the ack: a consumer cancelled first takes no next job in its place.
+    await pool.beforeSettle(tag);
     try {
       if (d.action === 'retry') {
         const tier = this.opts.topology.retryQueues[d.tier];
@@ -206,12 +253,154 @@ export class Broker {
       // The retry publish failed or the channel is gone: give the job back (or let the broker redeliver it).
       this.opts.logger.warn('could not settle delivery; it will be redelivered', { err: (err as Error).message });
       try { channel.nack(msg, false, true); } catch { /* channel closed: the broker redelivers */ }
+    } finally {
+      pool.settled(tag);
     }
   }
 
   private track(p: Promise<void>): void {
     this.inFlight.add(p);
     void p.finally(() => this.inFlight.delete(p));
+  }
+}
+
+interface ConsumerPoolOptions {
+  channel: Channel;
+  queue: string;
+  /** AMQP_PREFETCH: most consumers (so jobs) at once. */
+  max: number;
+  demand: JobDemand | undefined;
+  logger: Logger;
+  onMessage: (msg: ConsumeMessage) => void;
+  onCancelledByBroker: () => void;
+}
+
+/**
+ * The consumers of one channel, each holding at most one job (prefetch 1): the number of jobs a worker
+ * holds is the number of its consumers, kept between 1 and AMQP_PREFETCH by its JobDemand. Adjustments run
+ * one at a time, after the current turn, so a burst of deliveries or demand changes makes one adjustment.
+ */
+class ConsumerPool {
+  /** By consumer tag: jobs it holds (0 or 1), and whether it is being cancelled. */
+  private readonly consumers = new Map<string, { holding: number; closing: boolean }>();
+  private opening = 0;
+  private adjusting = false;
+  private again = false;
+  private closed = false;
+
+  constructor(private readonly o: ConsumerPoolOptions) {}
+
+  get state(): { consumers: number; held: number } {
+    let held = 0;
+    for (const c of this.consumers.values()) held += c.holding;
+    return { consumers: this.consumers.size, held };
+  }
+
+  /** Opens the first consumers (failing setup, so amqplib retries, if it cannot). */
+  async start(): Promise<void> {
+    await this.adjust();
+  }
+
+  reconcile(): void {
+    if (this.closed) return;
+    if (this.adjusting) {
+      this.again = true;
+      return;
+    }
+    this.adjusting = true;
+    setImmediate(() => {
+      void (async () => {
+        try {
+          do {
+            this.again = false;
+            await this.adjust().catch((err: Error) => this.o.logger.warn('could not adjust the consumers', { err: err.message }));
+          } while (this.again && !this.closed);
+        } finally {
+          this.adjusting = false;
+        }
+      })();
+    });
+  }
+
+  /** Its job is done: unless this process holds more than it needs, the consumer takes the next one. */
+  async beforeSettle(tag: string): Promise<void> {
+    const c = this.consumers.get(tag);
+    if (!c || c.closing || this.closed || !this.o.demand?.wanted().surplus || this.open() <= 1) return;
+    c.closing = true;
+    await this.o.channel.cancel(tag).catch(() => undefined);
+  }
+
+  settled(tag: string): void {
+    const c = this.consumers.get(tag);
+    if (c) {
+      c.holding = Math.max(0, c.holding - 1);
+      if (c.closing && c.holding === 0) this.consumers.delete(tag);
+    }
+    this.reconcile();
+  }
+
+  /** Stops every consumer (shutdown); jobs held keep running and are settled as usual. */
+  async cancelAll(): Promise<void> {
+    this.closed = true;
+    const tags = [...this.consumers].filter(([, c]) => !c.closing).map(([tag]) => tag);
+    for (const tag of tags) this.consumers.get(tag)!.closing = true;
+    await Promise.all(tags.map((tag) => this.o.channel.cancel(tag).catch(() => undefined)));
+  }
+
+  /** The channel is gone (its jobs went back to the queue with it): adjust nothing more. */
+  abandon(): void {
+    this.closed = true;
+  }
+
+  /** Consumers that may still be given a job, or hold one (the bound AMQP_PREFETCH applies to these). */
+  private open(): number {
+    let n = this.opening;
+    for (const c of this.consumers.values()) if (!c.closing || c.holding > 0) n++;
+    return n;
+  }
+
+  private async adjust(): Promise<void> {
+    if (this.closed) return;
+    const { more } = this.o.demand?.wanted() ?? { more: this.o.max };
+    const idle = [...this.consumers].filter(([, c]) => !c.closing && c.holding === 0).map(([tag]) => tag);
+    const waiting = idle.length + this.opening;
+    if (waiting < more) {
+      const n = Math.min(more - waiting, this.o.max - this.open());
+      await Promise.all(Array.from({ length: n }, () => this.openOne()));
+    } else if (waiting > more) {
+      // Never below one consumer: a worker with nothing to do still takes the next job.
+      for (const tag of idle.slice(0, waiting - more)) {
+        if (this.open() <= 1) break;
+        const c = this.consumers.get(tag);
+        if (!c || c.closing || c.holding > 0) continue;
+        c.closing = true;
+        await this.o.channel.cancel(tag).catch(() => undefined);
+        if (c.holding === 0) this.consumers.delete(tag);
+      }
+    }
+  }
+
+  private async openOne(): Promise<void> {
+    this.opening++;
+    try {
+      const { consumerTag } = await this.o.channel.consume(this.o.queue, (msg) => {
+        if (!msg) return this.o.onCancelledByBroker();
+        const tag = msg.fields.consumerTag;
+        const c = this.consumers.get(tag) ?? { holding: 0, closing: false };
+        this.consumers.set(tag, c);
+        c.holding++;
+        // The handler registers the job before the pool looks at the demand again.
+        this.o.onMessage(msg);
+        this.reconcile();
+      });
+      if (!this.consumers.has(consumerTag)) this.consumers.set(consumerTag, { holding: 0, closing: false });
+      if (this.closed) {
+        this.consumers.get(consumerTag)!.closing = true;
+        await this.o.channel.cancel(consumerTag).catch(() => undefined);
+      }
+    } finally {
+      this.opening--;
+    }
   }
 }
 

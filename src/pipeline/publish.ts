@@ -3,12 +3,11 @@
  */
 import type { Logger } from '../lib/logger.js';
 import type { Metrics } from '../lib/metrics.js';
-import type { Job } from '../messaging/broker.js';
+import type { Job, JobTrigger } from '../messaging/broker.js';
 import { raiseAlarm } from '../store/alarms.js';
 import { withTransaction, type Db } from '../store/db.js';
-import {
-  findAwaitingOverdue, findStalled, findUnpublished, markPublished, markPublishFailed, markRelayed, type AwaitingBatch,
-} from '../store/ledger.js';
+import { findAwaitingOverdue, findStalled, findUnpublished, markRelayed, type AwaitingBatch } from '../store/ledger.js';
+import { publishFlagsFor } from './ingest-batcher.js';
 
 const STALLED_SWEEP_LOCK = 728_341_002;
 const AWAITING_CHECK_LOCK = 728_341_003;
@@ -18,20 +17,24 @@ export interface JobPublisher { publishJob(job: Job): Promise<void> }
 interface PublishDeps { db: Db; broker: JobPublisher; logger: Logger; metrics: Metrics }
 
 /**
- * Publishes a batch's job and clears its publish flag once the broker confirmed. A failure is logged and
- * left to the relay: the batch is already in the ledger, so the caller may still answer OK.
+ * Publishes a batch's job and waits for the broker's confirm. A failure is logged and left to the relay: the
+ * batch is already in the ledger (its publish flag set), so the caller may still answer OK. `trigger` says
+ * what caused the job (a callback, a replay); the relay re-publishes with the one stored on the batch.
+ * The outcome reaches the batch row in bulk, after this returns (PublishFlagWriter: one UPDATE for every
+ * confirm of the last PUBLISH_FLAG_FLUSH_MS instead of a commit per job); until then the flag stays set,
+ * which the relay leaves alone for AMQP_CONFIRM_TIMEOUT_MS + 1 s.
  */
-export async function publishBatchJob(deps: PublishDeps, messageId: string, updatedAt: Date): Promise<boolean> {
+export async function publishBatchJob(deps: PublishDeps, messageId: string, updatedAt: Date, trigger: JobTrigger): Promise<boolean> {
+  const flags = publishFlagsFor(deps);
   try {
-    await deps.broker.publishJob({ messageId, attempt: 0 });
+    await deps.broker.publishJob({ messageId, attempt: 0, trigger });
   } catch (err) {
     deps.metrics.publishFailures.inc();
     deps.logger.warn('job not published; the relay will publish it', { messageId, err: (err as Error).message });
-    await markPublishFailed(deps.db, messageId, (err as Error).message).catch(() => undefined);
+    flags.failed(messageId, (err as Error).message);
     return false;
   }
-  await markPublished(deps.db, messageId, updatedAt).catch((err: Error) =>
-    deps.logger.warn('job published but flag not cleared; it may be published again (harmless)', { messageId, err: err.message }));
+  flags.confirmed(messageId, updatedAt);
   return true;
 }
 
@@ -57,17 +60,20 @@ export function startRelay(deps: RelayDeps, opts: RelayOptions): { stop(): Promi
   const runOnce = async (): Promise<number> => {
     let published = 0;
     for (const b of await findUnpublished(deps.db, unpublishedAfterMs, 200)) {
-      if (await publishBatchJob(deps, b.messageId, b.updatedAt)) published++;
+      if (await publishBatchJob(deps, b.messageId, b.updatedAt, b.trigger)) published++;
       else break; // broker down: try again next interval
     }
-    // The stalled sweep scans open domains; one process at a time is enough (every process runs a relay).
+    // Their flags in one UPDATE before the pass ends, so the next pass does not see them again.
+    await publishFlagsFor(deps).flush();
+    // The stalled sweep reads only stalled rows (findStalled, migration 010), never the finished history;
+    // one process at a time is enough (every process runs a relay).
     const stalled = await withTransaction(deps.db, async (client) => {
       const { rows } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS ok', [STALLED_SWEEP_LOCK]);
       return rows[0]!.ok ? findStalled(client, stalledAfterMs, 100) : [];
     });
     for (const b of stalled) {
       try {
-        await deps.broker.publishJob({ messageId: b.messageId, attempt: 0 });
+        await deps.broker.publishJob({ messageId: b.messageId, attempt: 0, trigger: 'stalled_sweep' });
         await markRelayed(deps.db, b.messageId);
         deps.logger.warn('stalled batch re-published', { messageId: b.messageId });
         published++;

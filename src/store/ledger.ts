@@ -2,7 +2,8 @@
  * The ledger repository: batches and their per-domain outcomes. Every state change of a domain goes
  * through here, so "what happened to domain X of message Y" always has one answer.
  */
-import type pg from 'pg';
+import type { JobTrigger } from '../messaging/broker.js';
+import { alarmTag } from './alarms.js';
 import type { Db, Queryable } from './db.js';
 import { withTransaction } from './db.js';
 
@@ -56,107 +57,226 @@ const awaitingDetail = (percent: string, process: string) => `'the pipeline repo
   || coalesce(${percent}::text, 'not sent') || ', process ' || coalesce(${process}::text, 'not sent')
   || '); held until a callback of this messageId reports it finished'`;
 
-/**
- * Stores one callback in the caller's transaction: audit row, batch (merged with an earlier callback of
- * the same messageId), and one row per new domain: pending, unsupported, or awaiting_pipeline when the
- * pipeline reports it unfinished. Known domains keep their status, except that an awaiting one the
- * pipeline now reports finished becomes pending; every known domain stores the progress fields reported now.
- * Returns the domains added, known, resumed (awaiting -> pending) and awaiting after this callback.
+/** One callback to store: the parsed items, and the body as received for the audit row. */
+export interface CallbackRecord { messageId: string; remoteAddr: string | undefined; body: unknown; items: IncomingItem[] }
+
+/** What storing a callback did: domains added and known, resumed (awaiting -> pending), and awaiting after it. */
+export interface RecordedCallback { added: string[]; known: string[]; resumed: string[]; awaiting: string[]; updatedAt: Date }
+
+// Whether a proposed row (EXCLUDED) reports its domain finished: its status was chosen from the callback's own
+// flag (pending = finished, awaiting_pipeline = not); an unsupported item's is read back from its progress.
+const PROPOSED_FINISHED = `(EXCLUDED.status = 'pending' OR (EXCLUDED.status = 'unsupported'
+  AND EXCLUDED.process IS NOT TRUE AND (EXCLUDED.percent IS NULL OR EXCLUDED.percent >= 1)))`;
+
+/*
+ * The ingest statement: one or more callbacks (distinct messageIds) stored by ONE statement, sent as one round
+ * trip in autocommit. One statement is its own transaction: all of it is stored or none, committed (with
+ * synchronous_commit) before the reply, with no BEGIN/COMMIT round trips. Every part sees the snapshot taken
+ * when the statement starts:
+ * - audit: one callback_audit row per callback.
+ * - b: the batch rows, upserted in message_id order (the order replays and the publish-flag flusher lock them
+ *   in); a repeat callback counts on the row, and one for a messageId being stored right now waits for it.
+ *   `fresh`: this statement inserted it, so no domain row of it can exist yet.
+ * - x: the items, each with the status its row has in the snapshot (`was`, NULL: no row yet), looked up only
+ *   for a batch that is not fresh (the common first callback pays no lookup).
+ * - added: items with no row are inserted (pending, unsupported, or awaiting_pipeline when unfinished). A
+ *   concurrent callback of the same messageId may have inserted the row after our snapshot: ON CONFLICT sees
+ *   it anyway (READ COMMITTED), so no domain is ever lost; an awaiting one is released (or given the new
+ *   progress) there, a finished one keeps the progress that callback stored (both were reported at once).
+ * - resumed / progressed: rows the snapshot holds, as the multi-statement version did: an awaiting domain
+ *   reported finished becomes pending; others take the progress fields only when they changed, so a repeat
+ *   callback locks no domain row. A finished domain is never sent back to awaiting. Non-awaiting rows keep
+ *   their updated_at, which the stalled sweep reads as "last touched by a worker".
+ * - placed: which items this statement inserted (all of a fresh batch's).
+ * - alarm / notified: one UNSUPPORTED_REQ_TYPE alarm per callback that added unsupported items, and its
+ *   outbox row: the same upsert as raiseAlarm (src/store/alarms.ts), in the same transaction as ever.
+ * Every domain-row write joins b, so it runs once its batch row is locked: callbacks of one messageId are
+ * serialised by that lock, and an ingest takes its locks batch first, in message_id order, never the other
+ * way round (two ingests cannot deadlock).
  */
-export async function recordCallback(
-  client: pg.PoolClient,
-  input: { messageId: string; remoteAddr: string | undefined; body: unknown; items: IncomingItem[] },
-): Promise<{ added: string[]; known: string[]; resumed: string[]; awaiting: string[]; updatedAt: Date }> {
-  await client.query(
-    'INSERT INTO callback_audit (message_id, remote_addr, item_count, body) VALUES ($1, $2, $3, $4)',
-    [input.messageId, input.remoteAddr ?? null, input.items.length, JSON.stringify(input.body)],
-  );
-  const batch = await client.query<{ updatedAt: Date }>(
-    `INSERT INTO batch (message_id) VALUES ($1)
-     ON CONFLICT (message_id) DO UPDATE SET callbacks = batch.callbacks + 1, publish_pending = true, updated_at = now()
-     RETURNING updated_at AS "updatedAt"`,
-    [input.messageId],
-  );
-  const percents = input.items.map((i) => i.percent ?? null);
-  const processes = input.items.map((i) => i.process ?? null);
-  const finished = input.items.map(finishedInPipeline);
-  // An unsupported reqType is never a deletion, finished or not: it stays unsupported whatever the progress.
-  const { rows } = await client.query<{ domain: string; status: DomainStatus }>(
-    `INSERT INTO batch_domain (message_id, domain, req_type, status, detail, finished_at, percent, process)
-     SELECT $1, d, t, CASE WHEN NOT s THEN 'unsupported' WHEN f THEN 'pending' ELSE 'awaiting_pipeline' END,
-            CASE WHEN NOT s THEN 'unsupported reqType ' || t WHEN f THEN NULL ELSE ${awaitingDetail('p', 'pr')} END,
-            CASE WHEN s THEN NULL ELSE now() END, p, pr
-     FROM unnest($2::text[], $3::text[], $4::boolean[], $5::real[], $6::boolean[], $7::boolean[]) AS x(d, t, s, p, pr, f)
-     ON CONFLICT (message_id, domain) DO NOTHING
-     RETURNING domain, status`,
-    [input.messageId, input.items.map((i) => i.domain), input.items.map((i) => i.reqType), input.items.map((i) => i.supported),
-      percents, processes, finished],
-  );
-  const added = new Set(rows.map((r) => r.domain));
-  const awaiting = rows.filter((r) => r.status === 'awaiting_pipeline').map((r) => r.domain);
-  const knownIdx = input.items.flatMap((item, i) => (added.has(item.domain) ? [] : [i]));
-  const resumed: string[] = [];
-  if (knownIdx.length > 0) {
-    // Two updates of disjoint rows in one round trip. Awaiting rows are changed only here, and callbacks of
-    // one messageId are serialised by the batch row locked above, so their status cannot move meanwhile.
-    // A finished domain is never sent back to awaiting: once the pipeline said "done" it may be deleted.
-    // Other rows are written only when their progress fields changed (a repeat callback stays cheap), and
-    // keep their updated_at, which the stalled sweep reads as "last touched by a worker".
-    const known = await client.query<{ domain: string; status: DomainStatus; resumed: boolean }>(
-      `WITH x AS (SELECT * FROM unnest($2::text[], $3::real[], $4::boolean[], $5::boolean[]) AS x(d, p, pr, f)),
-       resumed AS (
-         UPDATE batch_domain b SET status = 'pending', percent = x.p, process = x.pr, detail = NULL, updated_at = now()
-         FROM x WHERE b.message_id = $1 AND b.domain = x.d AND b.status = 'awaiting_pipeline' AND x.f
-         RETURNING b.domain, b.status),
-       progressed AS (
-         UPDATE batch_domain b SET percent = x.p, process = x.pr,
-                detail = CASE WHEN b.status = 'awaiting_pipeline' THEN ${awaitingDetail('x.p', 'x.pr')} ELSE b.detail END,
-                updated_at = CASE WHEN b.status = 'awaiting_pipeline' THEN now() ELSE b.updated_at END
-         FROM x WHERE b.message_id = $1 AND b.domain = x.d AND NOT (b.status = 'awaiting_pipeline' AND x.f)
-           AND (b.status = 'awaiting_pipeline' OR (b.percent, b.process) IS DISTINCT FROM (x.p, x.pr))
-         RETURNING b.domain, b.status)
-       SELECT domain, status, true AS resumed FROM resumed
-       UNION ALL SELECT domain, status, false FROM progressed`,
-      [input.messageId, knownIdx.map((i) => input.items[i]!.domain), knownIdx.map((i) => percents[i]),
-        knownIdx.map((i) => processes[i]), knownIdx.map((i) => finished[i])],
-    );
-    for (const r of known.rows) {
-      if (r.resumed) resumed.push(r.domain);
-      else if (r.status === 'awaiting_pipeline') awaiting.push(r.domain);
+const RECORD_CALLBACKS = `
+WITH cb AS MATERIALIZED (
+  SELECT c.ord, c.message_id, c.remote_addr, c.item_count, c.tag, j.body
+  FROM unnest($1::text[], $2::text[], $3::int[], $4::text[]) WITH ORDINALITY AS c(message_id, remote_addr, item_count, tag, ord)
+  JOIN jsonb_array_elements($5::jsonb) WITH ORDINALITY AS j(body, n) ON j.n = c.ord),
+audit AS (
+  INSERT INTO callback_audit (message_id, remote_addr, item_count, body)
+  SELECT message_id, remote_addr, item_count, body FROM cb ORDER BY ord),
+b AS (
+  INSERT INTO batch (message_id) SELECT message_id FROM cb ORDER BY message_id
+  ON CONFLICT (message_id) DO UPDATE SET callbacks = batch.callbacks + 1, publish_pending = true,
+    publish_trigger = 'first_run', updated_at = now()
+  RETURNING message_id, updated_at, (xmax = 0) AS fresh),
+x AS MATERIALIZED (
+  SELECT b.message_id, b.fresh, i.d, i.t, i.s, i.p, i.pr, i.f, i.j, i.ord,
+         CASE WHEN NOT b.fresh THEN (SELECT o.status FROM batch_domain o WHERE o.message_id = b.message_id AND o.domain = i.d) END AS was
+  FROM unnest($6::int[], $7::text[], $8::text[], $9::boolean[], $10::real[], $11::boolean[], $12::boolean[], $13::text[])
+       WITH ORDINALITY AS i(c, d, t, s, p, pr, f, j, ord)
+  JOIN cb ON cb.ord = i.c JOIN b ON b.message_id = cb.message_id),
+added AS (
+  INSERT INTO batch_domain AS bd (message_id, domain, req_type, status, detail, finished_at, percent, process)
+  SELECT x.message_id, x.d, x.t, CASE WHEN NOT x.s THEN 'unsupported' WHEN x.f THEN 'pending' ELSE 'awaiting_pipeline' END,
+         CASE WHEN NOT x.s THEN 'unsupported reqType ' || x.t WHEN x.f THEN NULL ELSE ${awaitingDetail('x.p', 'x.pr')} END,
+         CASE WHEN x.s THEN NULL ELSE now() END, x.p, x.pr
+  FROM b JOIN x ON x.message_id = b.message_id
+  WHERE x.was IS NULL
+  ORDER BY x.message_id, x.d
+  ON CONFLICT (message_id, domain) DO UPDATE SET
+    status = CASE WHEN ${PROPOSED_FINISHED} THEN 'pending' ELSE bd.status END,
+    detail = CASE WHEN ${PROPOSED_FINISHED} THEN NULL ELSE ${awaitingDetail('EXCLUDED.percent', 'EXCLUDED.process')} END,
+    percent = EXCLUDED.percent, process = EXCLUDED.process, updated_at = now()
+  WHERE bd.status = 'awaiting_pipeline'
+  RETURNING bd.message_id, bd.domain, bd.status, (bd.xmax = 0) AS inserted),
+resumed AS (
+  UPDATE batch_domain bd SET status = 'pending', percent = x.p, process = x.pr, detail = NULL, updated_at = now()
+  FROM b JOIN x ON x.message_id = b.message_id
+  WHERE x.was = 'awaiting_pipeline' AND x.f AND bd.message_id = x.message_id AND bd.domain = x.d
+    AND bd.status = 'awaiting_pipeline'
+  RETURNING bd.message_id, bd.domain),
+progressed AS (
+  UPDATE batch_domain bd SET percent = x.p, process = x.pr,
+         detail = CASE WHEN bd.status = 'awaiting_pipeline' THEN ${awaitingDetail('x.p', 'x.pr')} ELSE bd.detail END,
+         updated_at = CASE WHEN bd.status = 'awaiting_pipeline' THEN now() ELSE bd.updated_at END
+  FROM b JOIN x ON x.message_id = b.message_id
+  WHERE x.was IS NOT NULL AND bd.message_id = x.message_id AND bd.domain = x.d
+    AND NOT (bd.status = 'awaiting_pipeline' AND x.f)
+    AND (bd.status = 'awaiting_pipeline' OR (bd.percent, bd.process) IS DISTINCT FROM (x.p, x.pr))
+  RETURNING bd.message_id, bd.domain, bd.status),
+-- A sublink in the select list is a hashed subplan (built only if a batch is not fresh), never a nested loop.
+placed AS MATERIALIZED (
+  SELECT x.message_id, x.d, x.t, x.s, x.j, x.ord,
+         x.fresh OR (x.message_id, x.d) IN (SELECT message_id, domain FROM added WHERE inserted) AS new
+  FROM x),
+alarm AS (
+  INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details)
+  SELECT cb.tag, cb.message_id, 'UNSUPPORTED_REQ_TYPE',
+         count(*) || ' item(s) with an unsupported reqType were recorded, not processed: '
+           || string_agg(x.d || ' (' || x.t || ')', ', ' ORDER BY x.ord),
+         jsonb_build_object('items', jsonb_agg(x.j::jsonb ORDER BY x.ord))
+  FROM placed x JOIN cb ON cb.message_id = x.message_id
+  WHERE x.new AND NOT x.s
+  GROUP BY cb.message_id, cb.tag
+  ORDER BY cb.message_id
+  ON CONFLICT (coalesce(message_id, ''), alarm_type) WHERE state <> 'resolved'
+  DO UPDATE SET occurrences = sys_task_process_alarm.occurrences + 1, last_seen_at = now(),
+                content = EXCLUDED.content, details = EXCLUDED.details
+  RETURNING id, alarm_type, (xmax = 0) AS inserted),
+notified AS (
+  INSERT INTO alarm_notification (alarm_id, event, alarm_type) SELECT id, 'opened', alarm_type FROM alarm WHERE inserted)
+SELECT b.message_id AS "messageId", b.updated_at AS "updatedAt", coalesce(k.domains, '{}') AS known,
+       coalesce(r.domains, '{}') AS resumed, coalesce(w.domains, '{}') AS awaiting
+FROM b
+LEFT JOIN (SELECT message_id, array_agg(d ORDER BY ord) AS domains FROM placed WHERE NOT new GROUP BY message_id) k
+  ON k.message_id = b.message_id
+LEFT JOIN (SELECT message_id, array_agg(domain) AS domains
+           FROM (SELECT message_id, domain FROM added WHERE NOT inserted AND status = 'pending'
+                 UNION ALL SELECT message_id, domain FROM resumed) u
+           GROUP BY message_id) r ON r.message_id = b.message_id
+LEFT JOIN (SELECT message_id, array_agg(domain) AS domains
+           FROM (SELECT message_id, domain FROM added WHERE status = 'awaiting_pipeline'
+                 UNION ALL SELECT message_id, domain FROM progressed WHERE status = 'awaiting_pipeline') u
+           GROUP BY message_id) w ON w.message_id = b.message_id`;
+
+/**
+ * Stores callbacks of distinct messageIds in one statement, one round trip, its own transaction (see
+ * RECORD_CALLBACKS): per callback its audit row, its batch (merged with earlier callbacks of the same messageId),
+ * one row per new domain (pending, unsupported, or awaiting_pipeline when the pipeline reports it unfinished)
+ * and, when it added unsupported items, an UNSUPPORTED_REQ_TYPE alarm with its notification. Known domains keep
+ * their status, except that an awaiting one the pipeline now reports finished becomes pending; every known
+ * domain stores the progress fields reported now. A domain listed twice in one callback counts once (the
+ * first). Results are in the order of `callbacks`. Pass a pool: inside a caller's transaction it still works,
+ * but the point is to need none.
+ */
+export async function recordCallbacks(db: Queryable, callbacks: CallbackRecord[]): Promise<RecordedCallback[]> {
+  if (callbacks.length === 0) return [];
+  const ids = new Set(callbacks.map((cb) => cb.messageId));
+  // ON CONFLICT may not touch one row twice in a statement: one callback per messageId (IngestBatcher sees to it).
+  if (ids.size < callbacks.length) throw new Error('recordCallbacks: a messageId appears twice; store such callbacks one after the other');
+  const col = { c: [] as number[], d: [] as string[], t: [] as string[], s: [] as boolean[], p: [] as (number | null)[],
+    pr: [] as (boolean | null)[], f: [] as boolean[], j: [] as (string | null)[] };
+  const itemsOf = callbacks.map((cb, i) => {
+    const seen = new Set<string>();
+    const items = cb.items.filter((item) => !seen.has(item.domain) && seen.add(item.domain));
+    for (const item of items) {
+      col.c.push(i + 1); col.d.push(item.domain); col.t.push(item.reqType); col.s.push(item.supported);
+      col.p.push(item.percent ?? null); col.pr.push(item.process ?? null); col.f.push(finishedInPipeline(item));
+      col.j.push(item.supported ? null : JSON.stringify(item));
     }
-  }
-  return {
-    added: [...added],
-    known: input.items.map((i) => i.domain).filter((d) => !added.has(d)),
-    resumed,
-    awaiting,
-    updatedAt: batch.rows[0]!.updatedAt,
-  };
+    return items;
+  });
+  const { rows } = await db.query<{ messageId: string; updatedAt: Date; known: string[]; resumed: string[]; awaiting: string[] }>({
+    // Named: each pooled connection parses and plans it once, then only binds.
+    name: 'record-callbacks',
+    text: RECORD_CALLBACKS,
+    values: [
+      callbacks.map((cb) => cb.messageId), callbacks.map((cb) => cb.remoteAddr ?? null), callbacks.map((cb) => cb.items.length),
+      callbacks.map((cb) => (cb.items.some((i) => !i.supported) ? alarmTag(cb.messageId) : null)),
+      `[${callbacks.map((cb) => JSON.stringify(cb.body ?? null)).join(',')}]`,
+      col.c, col.d, col.t, col.s, col.p, col.pr, col.f, col.j,
+    ],
+  });
+  const byId = new Map(rows.map((r) => [r.messageId, r]));
+  return callbacks.map((cb, i) => {
+    const r = byId.get(cb.messageId);
+    if (!r) throw new Error(`recordCallbacks: no batch row came back for ${cb.messageId}`);
+    const known = new Set(r.known);
+    return { added: itemsOf[i]!.map((item) => item.domain).filter((d) => !known.has(d)), known: r.known, resumed: r.resumed, awaiting: r.awaiting, updatedAt: r.updatedAt };
+  });
+}
+
+/** Stores one callback: recordCallbacks for one. */
+export async function recordCallback(db: Queryable, input: CallbackRecord): Promise<RecordedCallback> {
+  return (await recordCallbacks(db, [input]))[0]!;
 }
 
 export async function markRelayed(db: Queryable, messageId: string): Promise<void> {
   await db.query('UPDATE batch SET relayed_at = now() WHERE message_id = $1', [messageId]);
 }
 
-/** Clears the publish flag unless a newer callback (a later updated_at) arrived meanwhile. */
-export async function markPublished(db: Queryable, messageId: string, since: Date): Promise<void> {
+/**
+ * Clears the publish flags of batches whose jobs the broker confirmed, in one statement for all of them
+ * (PublishFlagWriter calls it every PUBLISH_FLAG_FLUSH_MS), each unless a newer callback (a later updated_at
+ * than the version its job was published for) arrived meanwhile. The rows are locked in message_id order,
+ * the order ingest takes them in, so a bulk clear never deadlocks with a merging callback.
+ */
+export async function markPublished(db: Queryable, confirmed: { messageId: string; since: Date }[]): Promise<void> {
+  if (confirmed.length === 0) return;
   await db.query(
-    `UPDATE batch SET publish_pending = false, published_at = now(), publish_error = NULL
-     WHERE message_id = $1 AND date_trunc('milliseconds', updated_at) <= $2`, // JS dates hold milliseconds only
-    [messageId, since],
+    `WITH locked AS (
+       SELECT b.message_id, x.since FROM batch b JOIN unnest($1::text[], $2::timestamptz[]) AS x(message_id, since) USING (message_id)
+       ORDER BY b.message_id FOR UPDATE OF b)
+     UPDATE batch b SET publish_pending = false, published_at = now(), publish_error = NULL
+     FROM locked WHERE b.message_id = locked.message_id
+       AND date_trunc('milliseconds', b.updated_at) <= locked.since`, // JS dates hold milliseconds only
+    [confirmed.map((c) => c.messageId), confirmed.map((c) => c.since)],
   );
 }
 
-export async function markPublishFailed(db: Queryable, messageId: string, error: string): Promise<void> {
-  await db.query('UPDATE batch SET publish_error = $2 WHERE message_id = $1', [messageId, error]);
+/**
+ * Records why batches' jobs were not published, in one statement, and leaves (or sets again) their flags,
+ * so the relay publishes them: a job the broker never confirmed is always the relay's to publish.
+ */
+export async function markPublishFailed(db: Queryable, failed: { messageId: string; error: string }[]): Promise<void> {
+  if (failed.length === 0) return;
+  await db.query(
+    `WITH locked AS (
+       SELECT b.message_id, x.error FROM batch b JOIN unnest($1::text[], $2::text[]) AS x(message_id, error) USING (message_id)
+       ORDER BY b.message_id FOR UPDATE OF b)
+     UPDATE batch b SET publish_pending = true, publish_error = locked.error
+     FROM locked WHERE b.message_id = locked.message_id`,
+    [failed.map((f) => f.messageId), failed.map((f) => f.error)],
+  );
 }
 
-/** Asks the relay to (re)publish a batch's job, e.g. after a replay re-opened its domains. */
-export async function requestPublish(db: Queryable, messageIds: string[]): Promise<Map<string, Date>> {
+/**
+ * Asks the relay to (re)publish a batch's job, e.g. after a replay re-opened its domains; `trigger` is what
+ * the job says caused it, should the relay be the one to publish it.
+ */
+export async function requestPublish(db: Queryable, messageIds: string[], trigger: JobTrigger): Promise<Map<string, Date>> {
   const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
-    `UPDATE batch SET publish_pending = true, updated_at = now() WHERE message_id = ANY($1)
+    `UPDATE batch SET publish_pending = true, publish_trigger = $2, updated_at = now() WHERE message_id = ANY($1)
      RETURNING message_id AS "messageId", updated_at AS "updatedAt"`,
-    [messageIds],
+    [messageIds, trigger],
   );
   return new Map(rows.map((r) => [r.messageId, r.updatedAt]));
 }
@@ -165,16 +285,22 @@ export async function requestPublish(db: Queryable, messageIds: string[]): Promi
  * Batches whose open domains nobody is working on: pending or retryable untouched for `idleMs` (a job lost
  * between queues, or never published), or in progress past their lease (the worker died). Awaiting_pipeline
  * domains are not open: they wait for the vendor's next callback, which brings its own job.
+ * Driven by the stalled rows alone (batch_domain_idle, batch_domain_leased, migration 010), then one
+ * primary-key probe of batch each: the relay runs this every interval, so it must not grow with history.
+ * `= ANY (ARRAY(…))`, not `IN (…)`: the planner guesses how many rows are stalled from the whole table's
+ * updated_at (mostly old, finished rows), and with a large history an IN became a hash join over a Seq Scan
+ * of batch; an array is always probed through batch_pkey.
  */
 export async function findStalled(db: Queryable, idleMs: number, limit: number): Promise<{ messageId: string; updatedAt: Date }[]> {
   const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
     `SELECT b.message_id AS "messageId", b.updated_at AS "updatedAt" FROM batch b
-     WHERE NOT b.publish_pending
+     WHERE b.message_id = ANY (ARRAY(
+         SELECT message_id FROM batch_domain
+         WHERE status IN ('pending', 'retryable') AND updated_at < now() - make_interval(secs => $1::double precision / 1000)
+         UNION
+         SELECT message_id FROM batch_domain WHERE status = 'in_progress' AND claimed_until < now()))
+       AND NOT b.publish_pending
        AND (b.relayed_at IS NULL OR b.relayed_at < now() - make_interval(secs => $1::double precision / 1000))
-       AND EXISTS (
-       SELECT 1 FROM batch_domain d WHERE d.message_id = b.message_id AND (
-         (d.status IN ('pending', 'retryable') AND d.updated_at < now() - make_interval(secs => $1::double precision / 1000))
-         OR (d.status = 'in_progress' AND d.claimed_until < now())))
      ORDER BY b.updated_at LIMIT $2`,
     [idleMs, limit],
   );
@@ -213,10 +339,12 @@ export async function findAwaitingOverdue(db: Queryable, olderThanMs: number, li
   return rows;
 }
 
-/** Batches whose job has not been confirmed by the broker for at least `olderThanMs`. */
-export async function findUnpublished(db: Queryable, olderThanMs: number, limit: number): Promise<{ messageId: string; updatedAt: Date }[]> {
-  const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
-    `SELECT message_id AS "messageId", updated_at AS "updatedAt" FROM batch
+/** Batches whose job has not been confirmed by the broker for at least `olderThanMs`, with what caused the publish. */
+export async function findUnpublished(
+  db: Queryable, olderThanMs: number, limit: number,
+): Promise<{ messageId: string; updatedAt: Date; trigger: JobTrigger }[]> {
+  const { rows } = await db.query<{ messageId: string; updatedAt: Date; trigger: JobTrigger }>(
+    `SELECT message_id AS "messageId", updated_at AS "updatedAt", publish_trigger AS trigger FROM batch
      WHERE publish_pending AND updated_at < now() - make_interval(secs => $1::double precision / 1000)
      ORDER BY updated_at LIMIT $2`,
     [olderThanMs, limit],
@@ -259,47 +387,114 @@ export function emptyCounts(): StatusCounts {
  * Claims up to `limit` open domains of a batch for one worker, right before it sends them: pending or
  * retryable ones not yet tried in this pass (`exclude`), and in-progress ones whose lease ran out (their
  * worker died). SKIP LOCKED lets two workers share a batch; the row lock guarantees that no domain is
- * held by two workers at once.
+ * held by two workers at once. (claimAcross for one batch.)
  */
 export async function claimDomains(
   db: Queryable,
   messageId: string,
   opts: { workerId: string; leaseMs: number; limit: number; exclude: string[] },
 ): Promise<DomainRow[]> {
-  const { rows } = await db.query<DomainRow>(
-    `UPDATE batch_domain SET status = 'in_progress', claimed_by = $2,
-            claimed_until = now() + make_interval(secs => $3::double precision / 1000),
-            attempts = attempts + 1, updated_at = now()
-     WHERE (message_id, domain) IN (
-       SELECT message_id, domain FROM batch_domain
-       WHERE message_id = $1 AND NOT (domain = ANY($5))
-         AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))
-       ORDER BY domain LIMIT $4 FOR UPDATE SKIP LOCKED)
-     RETURNING ${DOMAIN_COLUMNS}`,
-    [messageId, opts.workerId, opts.leaseMs, opts.limit, opts.exclude],
+  return claimAcross(db, [{ messageId, claimToken: opts.workerId, exclude: opts.exclude }], opts);
+}
+
+/** One batch pass asking for domains in a claim: its claim token and the domains it has already tried. */
+export interface ClaimRequest { messageId: string; claimToken: string; exclude: string[] }
+
+/**
+ * Claims up to `limit` open domains across several batches in one statement, for the per-process call
+ * packer (src/pipeline/call-packer.ts): each claimed row gets the claim token of its batch's pass. Batches
+ * are served in the order given (all the claimable domains of the first, then of the second, …), so a row
+ * from request i means every request before i has nothing more to claim now; `request` in each row is that
+ * index. The same rules as claimDomains: open or lease-expired rows only, `exclude` per batch, row locks
+ * with SKIP LOCKED, and a lease. At most one request per messageId (two would race for the same rows).
+ */
+export async function claimAcross(
+  db: Queryable, requests: ClaimRequest[], opts: { leaseMs: number; limit: number },
+): Promise<(DomainRow & { request: number })[]> {
+  if (requests.length === 0 || opts.limit <= 0) return [];
+  const excluded = requests.flatMap((r) => r.exclude.map((domain) => [r.messageId, domain] as const));
+  const { rows } = await db.query<DomainRow & { request: number }>(
+    `WITH r AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(message_id, claim_token, ord)),
+          x AS (SELECT * FROM unnest($3::text[], $4::text[]) AS x(message_id, domain)),
+          picked AS (
+            SELECT d.message_id, d.domain, r.claim_token, r.ord FROM r JOIN batch_domain d ON d.message_id = r.message_id
+            WHERE (d.status IN ('pending', 'retryable') OR (d.status = 'in_progress' AND d.claimed_until < now()))
+              AND NOT EXISTS (SELECT 1 FROM x WHERE x.message_id = d.message_id AND x.domain = d.domain)
+            ORDER BY r.ord, d.domain LIMIT $6
+            FOR UPDATE OF d SKIP LOCKED)
+     UPDATE batch_domain b SET status = 'in_progress', claimed_by = p.claim_token,
+            claimed_until = now() + make_interval(secs => $5::double precision / 1000),
+            attempts = b.attempts + 1, updated_at = now()
+     FROM picked p WHERE b.message_id = p.message_id AND b.domain = p.domain
+     RETURNING b.message_id AS "messageId", b.domain, b.req_type AS "reqType", b.status, b.attempts, b.user_id_cdn AS "userIdCdn",
+               b.detail, b.percent, b.process, b.claimed_by AS "claimedBy", b.updated_at AS "updatedAt", b.finished_at AS "finishedAt",
+               (p.ord - 1)::int AS request`,
+    [requests.map((r) => r.messageId), requests.map((r) => r.claimToken), excluded.map((e) => e[0]), excluded.map((e) => e[1]),
+      opts.leaseMs, opts.limit],
   );
   // A statement of its own, not one with the claim: ingest locks the batch row and then domain rows, so
-  // holding domain rows while waiting for the batch row would deadlock with a merging callback.
-  if (rows.length > 0) await db.query('UPDATE batch SET last_run_at = now() WHERE message_id = $1', [messageId]);
+  // holding domain rows while waiting for the batch row would deadlock with a merging callback. Batch rows
+  // are locked in messageId order, so two workers touching overlapping sets cannot deadlock each other.
+  const touched = [...new Set(rows.map((r) => r.messageId))];
+  if (touched.length > 0) {
+    await db.query(
+      `UPDATE batch SET last_run_at = now()
+       WHERE message_id IN (SELECT message_id FROM batch WHERE message_id = ANY($1) ORDER BY message_id FOR UPDATE)`,
+      [touched],
+    );
+  }
+  return rows.sort((a, b) => a.request - b.request || (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : 0));
+}
+
+/**
+ * Open domains of a batch that a claim could take now (pending, retryable, or in progress past their lease);
+ * undefined when there is no such batch. The packer's estimate of how much work a job brings.
+ */
+export async function countClaimable(db: Queryable, messageId: string): Promise<number | undefined> {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT (SELECT count(*)::int FROM batch_domain
+             WHERE message_id = $1 AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))) AS n
+     FROM batch WHERE message_id = $1`,
+    [messageId],
+  );
+  return rows[0]?.n;
+}
+
+/** A claimed domain about to be sent: its batch, the claim token of the pass holding it, and its user_id_cdn. */
+export interface HeldDomain { messageId: string; claimToken: string; domain: string; userIdCdn: string }
+
+/**
+ * Extends the lease of claimed domains right before they are sent (and records each one's user_id_cdn for
+ * operators), in one statement whatever the batches, returning those still held by the claim token they
+ * were claimed with: a lease that lapsed while the chunk waited (for a call slot, for a token) may already
+ * belong to another worker, and only what is still held may be sent. A normal, flushed commit: durability
+ * is never traded for a figure (synchronous_commit stays on).
+ */
+export async function renewClaims(db: Queryable, held: HeldDomain[], leaseMs: number): Promise<{ messageId: string; domain: string }[]> {
+  if (held.length === 0) return [];
+  const { rows } = await db.query<{ messageId: string; domain: string }>(
+    `UPDATE batch_domain b SET claimed_until = now() + make_interval(secs => $5::double precision / 1000), user_id_cdn = x.u
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(m, t, d, u)
+     WHERE b.message_id = x.m AND b.domain = x.d AND b.status = 'in_progress' AND b.claimed_by = x.t
+     RETURNING b.message_id AS "messageId", b.domain`,
+    [held.map((h) => h.messageId), held.map((h) => h.claimToken), held.map((h) => h.domain), held.map((h) => h.userIdCdn), leaseMs],
+  );
   return rows;
 }
 
 /**
- * Extends a claimer's lease right before it sends (and records each domain's user_id_cdn for operators),
- * returning the domains it still holds: a lease that lapsed while the worker waited (e.g. for a token) may
- * already belong to another worker.
+ * Hands claimed domains that were never sent back to pending (shutdown, or their pass stopped), as if never
+ * claimed: the attempt the claim counted is taken back. Only rows still held by `claimToken` change.
  */
-export async function renewClaims(
-  db: Queryable, messageId: string, claimer: string, chunk: { domain: string; userIdCdn: string }[], leaseMs: number,
-): Promise<string[]> {
-  const { rows } = await db.query<{ domain: string }>(
-    `UPDATE batch_domain b SET claimed_until = now() + make_interval(secs => $5::double precision / 1000), user_id_cdn = x.u
-     FROM unnest($2::text[], $3::text[]) AS x(d, u)
-     WHERE b.message_id = $1 AND b.domain = x.d AND b.status = 'in_progress' AND b.claimed_by = $4
-     RETURNING b.domain`,
-    [messageId, chunk.map((c) => c.domain), chunk.map((c) => c.userIdCdn), claimer, leaseMs],
+export async function releaseClaims(db: Queryable, messageId: string, claimToken: string, domains: string[]): Promise<number> {
+  if (domains.length === 0) return 0;
+  const { rowCount } = await db.query(
+    `UPDATE batch_domain SET status = 'pending', claimed_by = NULL, claimed_until = NULL, attempts = greatest(attempts - 1, 0),
+            updated_at = now()
+     WHERE message_id = $1 AND domain = ANY($3) AND status = 'in_progress' AND claimed_by = $2`,
+    [messageId, claimToken, domains],
   );
-  return rows.map((r) => r.domain);
+  return rowCount ?? 0;
 }
 
 /** Moves claimed domains to a final or retryable status; only rows still held by this claimer change. */
@@ -357,6 +552,63 @@ export async function settleSucceeded(db: Db, messageId: string, domains: string
       `UPDATE cdn_domain SET status = 'deleted', deleted_at = now(), deleted_by_message_id = $1
        WHERE domain = ANY($2) AND status = 'active'`,
       [messageId, domains],
+    );
+  });
+}
+
+/** One security-platform call, as its attempt rows (domain_attempt, src/store/attempts.ts) record it. */
+export interface SentCall {
+  sentAt: Date;
+  durationMs: number;
+  instanceId: string;
+  trigger: JobTrigger;
+  tokenGeneration: number;
+  /** null when nothing was answered (timeout, network failure, cut at shutdown). */
+  httpStatus: number | null;
+}
+
+/** What a call's answer means for one domain it carried; `reason` goes to the attempt, `detail` to the domain. */
+export interface AnsweredDomain { domain: string; status: 'succeeded' | 'failed' | 'retryable'; detail: string | null; reason: string | null }
+
+/**
+ * Records one call's answer: settles every domain it carried and writes their attempt rows in the same
+ * statement (one INSERT … SELECT FROM unnest per call); when some were deleted, the inventory changes in the
+ * same transaction. As in settleSucceeded, a confirmed deletion is recorded even if this claim has lapsed;
+ * other answers change a domain only while `claimer` still holds it, else its attempt says `lease_lost`.
+ */
+export async function settleCall(db: Db, messageId: string, claimer: string, call: SentCall, answered: AnsweredDomain[]): Promise<void> {
+  if (answered.length === 0) return;
+  const settle = (q: Queryable) => q.query(
+    `WITH x AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(domain, status, detail, reason)),
+     deleted AS (
+       UPDATE batch_domain b SET status = 'succeeded', detail = x.detail, claimed_by = NULL, claimed_until = NULL,
+              updated_at = now(), finished_at = now()
+       FROM x WHERE b.message_id = $1 AND b.domain = x.domain AND x.status = 'succeeded' AND b.status <> 'succeeded'),
+     settled AS (
+       UPDATE batch_domain b SET status = x.status, detail = x.detail, claimed_by = NULL, claimed_until = NULL,
+              updated_at = now(), finished_at = CASE WHEN x.status = 'failed' THEN now() END
+       FROM x WHERE b.message_id = $1 AND b.domain = x.domain AND x.status <> 'succeeded'
+         AND b.status = 'in_progress' AND b.claimed_by = $6
+       RETURNING b.domain)
+     INSERT INTO domain_attempt (message_id, domain, attempted_at, duration_ms, instance_id, trigger, token_generation, http_status, outcome, reason)
+     SELECT $1, x.domain, $7, $8, $9, $10, $11, $12,
+            CASE WHEN x.status = 'succeeded' OR x.domain IN (SELECT domain FROM settled) THEN x.status ELSE 'lease_lost' END, x.reason
+     FROM x`,
+    [messageId, answered.map((a) => a.domain), answered.map((a) => a.status), answered.map((a) => a.detail), answered.map((a) => a.reason),
+      claimer, call.sentAt, call.durationMs, call.instanceId, call.trigger, call.tokenGeneration, call.httpStatus],
+  );
+  const deleted = answered.filter((a) => a.status === 'succeeded').map((a) => a.domain);
+  if (deleted.length === 0) {
+    await settle(db);
+    return;
+  }
+  // Same order as settleSucceeded (ledger rows, then inventory rows), so the two never deadlock each other.
+  await withTransaction(db, async (client) => {
+    await settle(client);
+    await client.query(
+      `UPDATE cdn_domain SET status = 'deleted', deleted_at = now(), deleted_by_message_id = $1
+       WHERE domain = ANY($2) AND status = 'active'`,
+      [messageId, deleted],
     );
   });
 }

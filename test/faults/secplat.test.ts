@@ -50,7 +50,7 @@ describe('faults: the security platform answering 5xx', function () {
     await r.assertNothingLost([batch]);
 
     r.sim.setOptions({ errorRate: 0 });
-    const replay = await runScript('replay', [batch.id, '--wait', '--timeout', '60'], r.env);
+    const replay = await runScript('replay', [batch.id, '--wait', '--timeout', '60', '--reason', 'fault test: the platform is fixed'], r.env);
     expect(replay.code, `replay exit code\n${replay.stdout}\n${replay.stderr}`).to.equal(0);
     expect(replay.stdout).to.match(/re-opened 10 domain\(s\)/);
     expect(await r.counts(batch.id)).to.deep.equal({ succeeded: 10 });

@@ -143,7 +143,7 @@ describe('faults: the shared token', function () {
     await Promise.all([r.spawn('api-fixed', { ROLE: 'api' }), r.spawn('worker-fixed', { ROLE: 'worker' })]);
     redis = new Redis(REDIS_URL);
     await waitFor('the circuit to close', async () => (await redis!.pttl(`${tokenKey(r)}:circuit`)) < 0, circuitOpenMs + 5000);
-    const replay = await runScript('replay', [...batches.map((b) => b.id), '--wait', '--timeout', '60'], r.env);
+    const replay = await runScript('replay', [...batches.map((b) => b.id), '--wait', '--timeout', '60', '--reason', 'fault test: the platform is fixed'], r.env);
     expect(replay.code, `replay exit code\n${replay.stdout}\n${replay.stderr}`).to.equal(0);
 
     expect(await r.allSucceeded(batches), 'every domain succeeded after the replay').to.equal(true);
