@@ -10,6 +10,7 @@ import { createContext, type AppContext } from './context.js';
 import { createApp } from './http/app.js';
 import { ConfigError } from './lib/errors.js';
 import { createLogger, redactUrl } from './lib/logger.js';
+import { withTimeout } from './lib/timing.js';
 import { createJobHandler } from './pipeline/process-batch.js';
 import { notifierOptions, startAlarmNotifier } from './notify/sender.js';
 import { startRelay } from './pipeline/publish.js';
@@ -89,7 +90,8 @@ async function drainWorker(ctx: AppContext): Promise<void> {
   if (drained === 'deadline') {
     logger.warn('shutdown deadline near: cutting the security-platform calls still in flight; their domains are retried by another worker', { reserveMs });
     ctx.cutCalls();
-    await broker.drain();
+    // Bounded too: a job still waiting for a token lock must not hold the rest of the shutdown.
+    await withTimeout(broker.drain(), reserveMs).catch(() => logger.warn('jobs still running after the cut; leaving them to the broker', { reserveMs }));
   }
 }
 

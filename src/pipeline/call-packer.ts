@@ -29,6 +29,7 @@ import {
 import type { Logger } from '../lib/logger.js';
 import type { JobDemand, JobTrigger } from '../messaging/broker.js';
 import type { DeleteResult } from '../secplat/client.js';
+import { retryTransient } from '../store/db.js';
 import { lookupDomains } from '../store/inventory.js';
 import {
   claimAcross, countClaimable, releaseClaims, renewClaims, settleCall, settleDomains, settleSucceeded,
@@ -426,9 +427,11 @@ export class CallPacker implements JobDemand {
         groupInto(answered, x.pass, { domain: x.domain, status: 'failed', detail: `security platform: ${f.reason}`, reason: f.reason });
       }
     }
-    // A database error here must not turn a confirmed deletion into "retryable": the pass fails, its job is
-    // retried, and the claim expires (the next call deletes again, which the platform takes as done).
-    for (const [p, list] of answered) await p.guard(() => p.outcome.answered(call, list));
+    // The platform's answer exists only in memory: a blip (connection, deadlock, statement timeout) is
+    // retried a few times before giving up. Past that, a database error must still not turn a confirmed
+    // deletion into "retryable": the pass fails, its job is retried, and the claim expires (the next call
+    // deletes again, which the platform takes as done).
+    for (const [p, list] of answered) await p.guard(() => retryTransient(() => p.outcome.answered(call, list)));
   }
 
   /** Gives unsent entries back (pending) and lets their passes finish; for entries not yet in a sent chunk. */

@@ -12,7 +12,7 @@ import type { Metrics } from '../lib/metrics.js';
 import { JOB_TRIGGERS, type Disposition, type Job, type JobHandler, type JobTrigger } from '../messaging/broker.js';
 import type { SecplatApi } from '../secplat/client.js';
 import type { TokenManager } from '../token/token-manager.js';
-import type { Db } from '../store/db.js';
+import { isTransientDbError, type Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
 import { resolveRecoveredBatchAlarms } from '../store/alarm-lifecycle.js';
 import { countByStatus, failOpenDomains, listFailures, type StatusCounts } from '../store/ledger.js';
@@ -86,7 +86,9 @@ export function createJobHandler(deps: ProcessDeps): JobHandler {
       if (open === 0) return { action: 'ack' };
       return retryOrPark(deps, job, log, `${open} domain(s) still open`, run.blocked);
     } catch (err) {
-      const e = toAppError(err);
+      // A pg error straight from a pool query is not yet an outage in our terms: make it one, so it waits.
+      const e = toAppError(isTransientDbError(err) && !(err instanceof DependencyUnavailableError)
+        ? new DependencyUnavailableError('postgres', `PostgreSQL unavailable: ${(err as Error).message}`, err) : err);
       if (!e.retryable) return park(deps, job.messageId, e.message, { code: e.code });
       log.warn('job failed, will retry', { err: e.message, code: e.code });
       // PostgreSQL, Redis or RabbitMQ away: wait at the last tier for as long as it takes.

@@ -65,3 +65,26 @@ export function isConnectionError(err: unknown): boolean {
   if (e.code && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|ENOTFOUND|57P0[1-3]|08\d{3})$/.test(e.code)) return true;
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(e.message ?? '');
 }
+
+/**
+ * A PostgreSQL failure that says nothing about the data: the server or connection is away, a statement
+ * timed out (57014), or a transaction lost a deadlock or serialization conflict. Worth retrying; for a job,
+ * an outage that must not use up its retries.
+ */
+export function isTransientDbError(err: unknown): boolean {
+  if (isConnectionError(err)) return true;
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === '57014' || code === '40P01' || code === '40001';
+}
+
+/** Runs `write` again on a transient PostgreSQL error, a few times with a short backoff, then gives up. */
+export async function retryTransient<T>(write: () => Promise<T>, delaysMs: readonly number[] = [100, 500, 2000]): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await write();
+    } catch (err) {
+      if (i >= delaysMs.length || !isTransientDbError(err)) throw err;
+      await new Promise((resolve) => setTimeout(resolve, delaysMs[i]));
+    }
+  }
+}
