@@ -11,6 +11,7 @@ import { startService } from '../../src/main.js';
 import { batchesOfDomain } from '../../src/store/ledger.js';
 import type { Queryable } from '../../src/store/db.js';
 import { captureLogger, cleanupNames, messageId, rand, seedInventory, testConfig, testDb, testEnv } from '../helpers/env.js';
+import { planNodes } from '../helpers/plan.js';
 
 const VIEWER_TOKEN = 'test-viewer-token-0123456789';
 
@@ -24,21 +25,6 @@ function runDomain(args: string[]): Promise<Run> {
       cwd: ROOT, timeout: 50_000, env: { ...process.env, DATABASE_URL: process.env.DATABASE_URL },
     }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }));
   });
-}
-
-/** Every node of an EXPLAIN (FORMAT JSON) plan. */
-function planNodes(plan: unknown): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
-  const visit = (v: unknown): void => {
-    if (Array.isArray(v)) v.forEach(visit);
-    else if (v && typeof v === 'object') {
-      const node = v as Record<string, unknown>;
-      if (typeof node['Node Type'] === 'string') out.push(node);
-      Object.values(node).forEach(visit);
-    }
-  };
-  visit(plan);
-  return out;
 }
 
 describe('lookup by domain', function () {

@@ -16,6 +16,7 @@ import type { Queryable } from '../../src/store/db.js';
 import {
   CALLBACK_TOKEN, RABBITMQ_URL, callbackBody, captureLogger, cleanupNames, messageId, queueDepth, rand, testConfig, testDb, testEnv, waitFor,
 } from '../helpers/env.js';
+import { planNodes } from '../helpers/plan.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const ADMIN_TOKEN = 'test-admin-token-operator-api';
@@ -36,21 +37,6 @@ interface SeedDomain {
   userIdCdn?: string | null;
   /** in_progress: its lease ends this many seconds from now (negative: it ran out). */
   leaseSeconds?: number;
-}
-
-/** Every node of an EXPLAIN (FORMAT JSON) plan. */
-function planNodes(plan: unknown): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
-  const visit = (v: unknown): void => {
-    if (Array.isArray(v)) v.forEach(visit);
-    else if (v && typeof v === 'object') {
-      const node = v as Record<string, unknown>;
-      if (typeof node['Node Type'] === 'string') out.push(node);
-      Object.values(node).forEach(visit);
-    }
-  };
-  visit(plan);
-  return out;
 }
 
 describe('operator API', function () {

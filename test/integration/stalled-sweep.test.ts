@@ -13,6 +13,7 @@ import { startRelay } from '../../src/pipeline/publish.js';
 import type { Queryable } from '../../src/store/db.js';
 import { findStalled, type DomainStatus } from '../../src/store/ledger.js';
 import { RABBITMQ_URL, captureLogger, cleanupNames, messageId, testConfig, testDb, testEnv } from '../helpers/env.js';
+import { planNodes } from '../helpers/plan.js';
 
 interface DomainSeed { status: DomainStatus; touched?: string; leaseEnds?: string }
 
@@ -47,21 +48,6 @@ async function takeJobs(env: Record<string, string>): Promise<Job[]> {
   } finally {
     await conn.close();
   }
-}
-
-/** Every node of an EXPLAIN (FORMAT JSON) plan. */
-function planNodes(plan: unknown): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
-  const visit = (v: unknown): void => {
-    if (Array.isArray(v)) v.forEach(visit);
-    else if (v && typeof v === 'object') {
-      const node = v as Record<string, unknown>;
-      if (typeof node['Node Type'] === 'string') out.push(node);
-      Object.values(node).forEach(visit);
-    }
-  };
-  visit(plan);
-  return out;
 }
 
 describe('stalled sweep', function () {
