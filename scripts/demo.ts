@@ -55,7 +55,12 @@ await runCli(async () => {
   const ids = [`pm${randomBytes(16).toString('hex')}`, `pm${randomBytes(16).toString('hex')}`];
   const domains = ids.map((_, b) => Array.from({ length: opts.domains }, (_, i) => `www${i}.site${b}-${run}.example.com`));
   const csv = path.join(mkdtempSync(path.join(os.tmpdir(), 'pcp-demo-')), 'inventory.csv');
-  writeFileSync(csv, ['domain,user_id_cdn', ...domains.flat().map((d, i) => `${d},u${run}${i}`)].join('\n'));
+  // A third, small batch after the incident: the platform refuses one of its domains, so an operator has a
+  // failure to find (by its domain) and replay in the console.
+  const refusedId = `pm${randomBytes(16).toString('hex')}`;
+  const refusedBatch = Array.from({ length: 3 }, (_, i) => `shop${i}.refused-${run}.example.com`);
+  const uidOf = new Map([...domains.flat(), ...refusedBatch].map((d, i) => [d, `u${run}${i}`]));
+  writeFileSync(csv, ['domain,user_id_cdn', ...[...uidOf].map(([d, u]) => `${d},${u}`)].join('\n'));
   const importOut = execFileSync(process.execPath, ['--import', 'tsx', 'scripts/import-domains.ts', csv], {
     cwd: new URL('../', import.meta.url).pathname, env: { ...process.env, ...env }, encoding: 'utf8',
   });
@@ -116,6 +121,25 @@ await runCli(async () => {
         ? `\nIncident handled: all ${total} domains deleted, token fetched once, no 401.`
         : `\nNOT handled as expected: ${succeeded}/${total} succeeded, ${stats.tokenFetches} token fetches, ${stats.unauthorized} 401s.`);
       say(`Try: npm run status -- ${ids[0]}   |   npm run domain -- ${domains[0]![0]}   |   npm run alarms -- ${ids.join(' ')}`);
+
+      // 8. One refused domain, then the platform is fixed: the failure waits for an operator's replay.
+      const refused = refusedBatch[1]!;
+      sim.setOptions({ failIds: [uidOf.get(refused)!] });
+      await fetch(`${services[0]!.url}/api/pm/pipe/callback`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-callback-token': callbackToken },
+        body: JSON.stringify({ messageId: refusedId, data: refusedBatch.map((targetName) => ({ percent: 1.0, process: false, reqType: 'SELF_DOMAIN_DELETE', targetName })) }),
+      });
+      const refusedDeadline = Date.now() + 60_000;
+      while (Date.now() < refusedDeadline) {
+        const { rows: open } = await db.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM batch_domain WHERE message_id = $1 AND status IN ('pending', 'in_progress', 'retryable')`, [refusedId]);
+        if (open[0]!.n === 0) break;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      sim.setOptions({ failIds: [] });
+      say(`8. another batch (${refusedId}): the platform refused ${refused} (on purpose), then was fixed.`);
+      say(`   Find it in the console by that domain and replay it with a reason: it will succeed.`);
       if (opts.keepRunning) {
         say(`\nStill running (Ctrl-C stops). API: ${services[0]!.url}, simulator: ${simUrl}/__sim/stats. Try:`);
         say(`  curl -s -H 'content-type: application/json' -H 'x-callback-token: ${callbackToken}' \\`);

@@ -114,7 +114,9 @@ describe('calls filled across jobs', function () {
 
   /** A service process in this test process; its job dispositions are recorded. */
   async function start(overrides: Record<string, string> = {}): Promise<{ url: string; ctx: Awaited<ReturnType<typeof startService>>['ctx'] }> {
-    const config = testConfig({ ...env, ...overrides });
+    // No relay pass during a test: the test database is shared, and a relay would publish other tests'
+    // unconfirmed or stalled batches into this queue, spoiling the counts of jobs held and waiting.
+    const config = testConfig({ ...env, RELAY_INTERVAL_MS: '3600000', ...overrides });
     const ctx = createContext(config, { logger: captureLogger('warn').logger });
     const brokerStart = ctx.broker.start.bind(ctx.broker);
     ctx.broker.start = (handler?: JobHandler) => brokerStart(handler && Object.assign(async (msg: amqp.ConsumeMessage) => {
