@@ -31,7 +31,8 @@ export interface BenchContext {
   /** This run's tag: part of every messageId, queue and key name it makes. */
   tag: string;
   log(line: string): void;
-  makeWorkload(callbacks: number): Workload;
+  /** `callbacks` callbacks of sizes[i % sizes.length] domains (fifty each by default). */
+  makeWorkload(callbacks: number, sizes?: readonly number[]): Workload;
   scenario<T>(name: string, extra: Record<string, string>, fn: (s: ScenarioRun) => Promise<T>): Promise<T>;
   /** Every service process's ending, for the report. */
   notes: ProcNote[];

@@ -26,7 +26,7 @@ export const program = createProgram('bench', 'Measures ingest, end-to-end throu
   .option('--ingest-concurrency <n>', 'requests (and ceiling transactions) in flight during ingest', integer(1, 512), 8)
   .option('--latency <ms>', 'simulated security-platform latency per delete call (e2e, token, baseline)', integer(1, 10_000), 400)
   .addOption(new Option('--workers <list>', 'worker process counts for end to end').argParser(intList).default([1, 2, 4], '1,2,4'))
-  .option('--callbacks-per-worker <k>', 'end to end: K = this × workers callbacks of 50 domains (default 100, quick 10)', integer(1, 100_000))
+  .option('--callbacks-per-worker <k>', 'end to end: K = this × workers; each workload (50-domain, seed mix, 1-domain callbacks) carries K × 50 domains (default 100, quick 10)', integer(1, 100_000))
   .option('--token-workers <list>', 'worker process counts for the token economy (default 1,2,4,8; quick 1,4)', intList)
   .option('--token-seconds <s>', 'how long callbacks keep arriving in each token run (default 30, quick 10)', integer(5, 600))
   .option('--memory-domains <n>', 'domains the memory run pushes through one worker (default 100000, quick 10000)', integer(1000, 10_000_000))

@@ -3,7 +3,7 @@
  * machine), printed as tables and written to bench/results/<timestamp>.json. One module per section:
  *
  *   ingest    sections/ingest.ts    callbacks into a spawned API process; with RabbitMQ unreachable; the PostgreSQL ceiling
- *   e2e       sections/e2e.ts       K callbacks × 50 domains through 1, 2, 4 workers; domains/s against Little's law
+ *   e2e       sections/e2e.ts       K × 50 domains as 50-domain, seed-mix and 1-domain callbacks through 1, 2, 4 workers; domains/s against Little's law
  *   token     sections/token.ts     token fetches for 1..8 workers with expiries and external invalidations
  *   baseline  sections/baseline.ts  the same workload the "seed-style" way (bench/seed-style.ts), beside ours
  *   memory    sections/memory.ts    RSS of one worker process while it works through N domains

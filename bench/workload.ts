@@ -1,6 +1,7 @@
 /**
- * The bench's workload: fifty-domain callbacks with fresh messageIds, and posting them to an API process
- * with bounded concurrency (through the tests' own callback helpers).
+ * The bench's workload: callbacks with fresh messageIds (fifty domains each unless told otherwise, or sizes
+ * in rotation), and posting them to an API process with bounded concurrency (through the tests' own
+ * callback helpers).
  */
 import { callbackBody, postCallback } from '../test/helpers/env.js';
 
@@ -13,15 +14,31 @@ export interface Workload {
   bodies: string[];
 }
 
-const domainsOf = (hex: string) => Array.from({ length: DOMAINS_PER_CALLBACK }, (_, i) => `d${i}.${hex}.bench.example.com`);
+/** The seed mix: callbacks of 1, 10, 49 and 50 domains in rotation. */
+export const SEED_MIX = [1, 10, 49, 50] as const;
 
-/** Makes workloads whose messageIds (pm + 32 hex) never repeat within one bench run (`tag` is the run's). */
-export function workloadMaker(tag: string): (callbacks: number) => Workload {
+const domainsOf = (hex: string, n: number) => Array.from({ length: n }, (_, i) => `d${i}.${hex}.bench.example.com`);
+
+/** Callbacks of `sizes` domains in rotation (sizes[i % sizes.length]) that add up to at least `domains` domains. */
+export function callbacksFor(domains: number, sizes: readonly number[]): number {
+  let n = 0;
+  for (let total = 0; total < domains; n++) total += sizes[n % sizes.length]!;
+  return n;
+}
+
+/**
+ * Makes workloads whose messageIds (pm + 32 hex) never repeat within one bench run (`tag` is the run's).
+ * Callback i has sizes[i % sizes.length] domains (fifty each by default).
+ */
+export function workloadMaker(tag: string): (callbacks: number, sizes?: readonly number[]) => Workload {
   let made = 0;
-  return (callbacks) => {
+  return (callbacks, sizes = [DOMAINS_PER_CALLBACK]) => {
     const run = `${tag}${(made++).toString(16).padStart(2, '0')}`;
-    const ids = Array.from({ length: callbacks }, (_, i) => run + i.toString(16).padStart(24, '0'));
-    return { domains: ids.flatMap(domainsOf), bodies: ids.map((hex) => JSON.stringify(callbackBody(`pm${hex}`, domainsOf(hex)))) };
+    const lists = Array.from({ length: callbacks }, (_, i) => {
+      const hex = run + i.toString(16).padStart(24, '0');
+      return { hex, domains: domainsOf(hex, sizes[i % sizes.length]!) };
+    });
+    return { domains: lists.flatMap((l) => l.domains), bodies: lists.map((l) => JSON.stringify(callbackBody(`pm${l.hex}`, l.domains))) };
   };
 }
 

@@ -20,7 +20,7 @@ export type BaselineResult = { error: string } | {
 
 async function ours(ctx: BenchContext, earlier: Record<string, unknown>, workers: number, callbacks: number): Promise<E2eRow> {
   const e2e = earlier.e2e as E2eResult | undefined;
-  const done = e2e?.runs.find((r): r is E2eRow => 'domainsPerSec' in r && r.workers === workers && r.batchSize === ctx.base.secplatBatchSize);
+  const done = e2e?.runs.find((r): r is E2eRow => 'domainsPerSec' in r && r.workload === '50-domain' && r.workers === workers && r.batchSize === ctx.base.secplatBatchSize);
   if (done) return done;
   ctx.log(`baseline: first ours, ${workers} worker(s), ${callbacks} callbacks`);
   return runE2e(ctx, workers, ctx.base.secplatBatchSize, callbacks);

@@ -1,6 +1,10 @@
 /**
- * END TO END: K callbacks × 50 domains through 1, 2, 4 worker processes (+ one API process) against the
- * simulator at --latency ms per call; domains/s against Little's law (calls in flight × batch ÷ latency).
+ * END TO END: three workloads through 1, 2, 4 worker processes (+ one API process) against the simulator at
+ * --latency ms per call; domains/s against Little's law (calls in flight × batch ÷ latency). The workloads
+ * carry the same number of domains (K × 50, K = --callbacks-per-worker × workers): 50-domain callbacks, the
+ * seed mix (callbacks of 1, 10, 49 and 50 domains in rotation) and 1-domain callbacks. Workers pack a call
+ * from every job they hold (src/pipeline/call-packer.ts), so the only packing bound left is a full call
+ * (entries per call = batch size, 100 %); ENTRIES/CALL and SLOT USE show how close each run came.
  */
 import type { SimulatorStats } from '../../src/simulator/server.js';
 import { formatTable } from '../../scripts/cli.js';
@@ -8,15 +12,24 @@ import { seedInventory } from '../../test/helpers/env.js';
 import { deletedTwice, resetSimulator, type BenchContext, type BenchSection } from '../context.js';
 import { busyShare, cpuMs, machineCpu } from '../proc-stats.js';
 import { errorCell, num, pct } from '../report.js';
-import { DOMAINS_PER_CALLBACK, postCallbacks } from '../workload.js';
+import { DOMAINS_PER_CALLBACK, SEED_MIX, callbacksFor, postCallbacks } from '../workload.js';
+
+/** The workloads of the section: a name for the table and the callback sizes in rotation. */
+export const E2E_WORKLOADS = [
+  { name: '50-domain', sizes: [DOMAINS_PER_CALLBACK] },
+  { name: 'seed mix', sizes: [...SEED_MIX] },
+  { name: '1-domain', sizes: [1] },
+] as const satisfies readonly { name: string; sizes: readonly number[] }[];
+export type E2eWorkloadName = (typeof E2E_WORKLOADS)[number]['name'];
 
 export interface E2eRow {
+  workload: E2eWorkloadName; callbackSizes: readonly number[];
   workers: number; batchSize: number; callbacks: number; domains: number; elapsedSec: number; domainsPerSec: number; steadyPerSec: number;
   maxConcurrentCalls: number; machineCpuPercent: number; workerCpuPercent: number;
-  littleLimit: number; littleShare: number; packingBound: number; calls: number; entriesPerCall: number; slotUse: number;
+  littleLimit: number; littleShare: number; calls: number; entriesPerCall: number; slotUse: number;
   succeeded: number; lost: number; deletedTwice: number; unauthorized: number; tokenFetches: number; ledger: Record<string, number>;
 }
-export type E2eRun = E2eRow | { workers: number; batchSize: number; error: string };
+export type E2eRun = E2eRow | { workload: E2eWorkloadName; workers: number; batchSize: number; error: string };
 export interface E2eResult { latencyMs: number; secplatConcurrency: number; amqpPrefetch: number; runs: E2eRun[] }
 
 /** Domains/s over the middle 80 % of the domains, without the ramp-up and the last wave. */
@@ -27,7 +40,7 @@ async function steadyPerSec(ctx: BenchContext, domains: number): Promise<number>
   return (0.8 * domains) / ((Number(mid!.p90) - Number(mid!.p10)) / 1000);
 }
 
-interface Measured { workers: number; batchSize: number; callbacks: number; domains: number; t0: number; last: number; wallMs: number; machinePct: number; workerCpuMs: number; stats: SimulatorStats; counts: Record<string, number> }
+interface Measured { workload: E2eWorkloadName; callbackSizes: readonly number[]; workers: number; batchSize: number; callbacks: number; domains: number; t0: number; last: number; wallMs: number; machinePct: number; workerCpuMs: number; stats: SimulatorStats; counts: Record<string, number> }
 
 /** The row's figures from what one run measured. */
 async function figures(ctx: BenchContext, m: Measured): Promise<E2eRow> {
@@ -37,10 +50,9 @@ async function figures(ctx: BenchContext, m: Measured): Promise<E2eRow> {
   const domainsPerSec = m.domains / elapsedSec;
   const succeeded = m.counts.succeeded ?? 0;
   return {
-    workers: m.workers, batchSize: m.batchSize, callbacks: m.callbacks, domains: m.domains, elapsedSec, domainsPerSec,
+    workload: m.workload, callbackSizes: m.callbackSizes, workers: m.workers, batchSize: m.batchSize, callbacks: m.callbacks, domains: m.domains, elapsedSec, domainsPerSec,
     littleLimit, littleShare: domainsPerSec / littleLimit, steadyPerSec: await steadyPerSec(ctx, m.domains),
     maxConcurrentCalls: m.stats.maxConcurrentDeletes, machineCpuPercent: m.machinePct, workerCpuPercent: (m.workerCpuMs / m.wallMs) * 100,
-    packingBound: DOMAINS_PER_CALLBACK / Math.ceil(DOMAINS_PER_CALLBACK / m.batchSize) / m.batchSize,
     calls: m.stats.deleteCalls, entriesPerCall: m.stats.entriesReceived / m.stats.deleteCalls,
     slotUse: (m.stats.deleteCalls * ctx.plan.latencyMs / 1000) / (elapsedSec * inFlight),
     succeeded, lost: m.domains - succeeded, deletedTwice: deletedTwice(m.stats),
@@ -48,24 +60,32 @@ async function figures(ctx: BenchContext, m: Measured): Promise<E2eRow> {
   };
 }
 
-/** One end-to-end run: `callbacks` callbacks through `workers` worker processes with this batch size. */
-export async function runE2e(ctx: BenchContext, workers: number, batchSize: number, callbacks: number): Promise<E2eRow> {
+/** Callbacks posted at once: enough that 1-domain callbacks arrive faster than 4 workers drain them. */
+const postConcurrency = (sizes: readonly number[]) => (Math.min(...sizes) < 10 ? 32 : 8);
+
+/**
+ * One end-to-end run: `callbacks` callbacks (of `workload`'s sizes in rotation; 50 domains each by default)
+ * through `workers` worker processes with this batch size.
+ */
+export async function runE2e(ctx: BenchContext, workers: number, batchSize: number, callbacks: number,
+  workload: (typeof E2E_WORKLOADS)[number] = E2E_WORKLOADS[0]): Promise<E2eRow> {
   await ctx.bench.truncate();
   resetSimulator(ctx);
-  const w = ctx.makeWorkload(callbacks);
+  const w = ctx.makeWorkload(callbacks, workload.sizes);
   await seedInventory(ctx.bench.db, w.domains, undefined, { analyze: true });
   const expectedSec = w.domains.length / (workers * ctx.base.secplatConcurrency * batchSize / (ctx.plan.latencyMs / 1000));
-  return ctx.scenario(`e2e-w${workers}-b${batchSize}`, { SECPLAT_BATCH_SIZE: String(batchSize) }, async (s) => {
+  const slug = workload.name.replace(/[^a-z0-9]+/g, '');
+  return ctx.scenario(`e2e-${slug}-w${workers}-b${batchSize}`, { SECPLAT_BATCH_SIZE: String(batchSize) }, async (s) => {
     const api = await s.start('api', 'api');
     const ws = await s.startWorkers(workers);
     const workerCpu = () => ws.reduce((sum, x) => sum + (cpuMs(x.pid) ?? 0), 0);
     const cpu0 = { machine: machineCpu(), workers: workerCpu() };
     const t0 = Date.now();
-    await postCallbacks(api.url, ctx.callbackToken, w.bodies, 8);
+    await postCallbacks(api.url, ctx.callbackToken, w.bodies, postConcurrency(workload.sizes));
     const last = await ctx.bench.waitDone(w.domains.length, Math.max(120_000, expectedSec * 5000));
     const cpu1 = { machine: machineCpu(), workers: workerCpu() };
     return figures(ctx, {
-      workers, batchSize, callbacks, domains: w.domains.length, t0, last, wallMs: Date.now() - t0,
+      workload: workload.name, callbackSizes: workload.sizes, workers, batchSize, callbacks, domains: w.domains.length, t0, last, wallMs: Date.now() - t0,
       machinePct: busyShare(cpu0.machine, cpu1.machine) * 100, workerCpuMs: cpu1.workers - cpu0.workers,
       stats: ctx.sim.stats(), counts: await ctx.bench.statusCounts(),
     });
@@ -74,19 +94,20 @@ export async function runE2e(ctx: BenchContext, workers: number, batchSize: numb
 
 async function run(ctx: BenchContext): Promise<E2eResult> {
   const { plan, base } = ctx;
-  const runs = plan.workers.map((w) => ({ workers: w, batch: base.secplatBatchSize }));
-  // A batch size dividing 50 shows what the 50/20 chunking costs (20+20+10 = three calls per callback).
-  const divisor = [25, 10, 50].find((b) => b !== base.secplatBatchSize && DOMAINS_PER_CALLBACK % base.secplatBatchSize !== 0);
-  if (!plan.quick && divisor) runs.push({ workers: Math.max(...plan.workers), batch: divisor });
+  const batch = base.secplatBatchSize;
   const rows: E2eRun[] = [];
-  for (const r of runs) {
-    const callbacks = plan.callbacksPerWorker * r.workers;
-    ctx.log(`e2e: ${r.workers} worker(s), batch ${r.batch}, ${callbacks} callbacks × ${DOMAINS_PER_CALLBACK}, ${plan.latencyMs} ms per call`);
-    try {
-      rows.push(await runE2e(ctx, r.workers, r.batch, callbacks));
-    } catch (err) {
-      rows.push({ workers: r.workers, batchSize: r.batch, error: (err as Error).message });
-      ctx.log(`e2e failed: ${(err as Error).message}`);
+  for (const workers of plan.workers) {
+    // Every workload carries (about) the domains of the 50-domain run: K × 50.
+    const domains = plan.callbacksPerWorker * workers * DOMAINS_PER_CALLBACK;
+    for (const wl of E2E_WORKLOADS) {
+      const callbacks = callbacksFor(domains, wl.sizes);
+      ctx.log(`e2e: ${wl.name}, ${workers} worker(s), batch ${batch}, ${callbacks} callbacks of ${wl.sizes.join('/')} domains, ${plan.latencyMs} ms per call`);
+      try {
+        rows.push(await runE2e(ctx, workers, batch, callbacks, wl));
+      } catch (err) {
+        rows.push({ workload: wl.name, workers, batchSize: batch, error: (err as Error).message });
+        ctx.log(`e2e failed: ${(err as Error).message}`);
+      }
     }
   }
   return { latencyMs: plan.latencyMs, secplatConcurrency: base.secplatConcurrency, amqpPrefetch: base.amqpPrefetch, runs: rows };
@@ -94,12 +115,13 @@ async function run(ctx: BenchContext): Promise<E2eResult> {
 
 function render(r: E2eResult): string[] {
   return [
-    `END TO END  (K callbacks × 50 domains, simulator ${r.latencyMs} ms per call, ${r.secplatConcurrency} calls in flight per worker; limit = calls in flight × batch ÷ latency)`,
-    formatTable(['workers', 'batch', 'domains', 'seconds', 'domains/s', 'limit/s', 'of limit', 'steady/s', 'steady of limit', 'packing bound', 'entries/call', 'slot use', 'machine CPU', 'lost', 'twice', '401s', 'token fetches'],
+    `END TO END  (the same K × 50 domains as 50-domain callbacks, the seed mix of 1/10/49/50-domain callbacks, or 1-domain callbacks; simulator ${r.latencyMs} ms per call, `
+      + `${r.secplatConcurrency} calls in flight per worker; limit = calls in flight × batch ÷ latency; calls packed across jobs, so the packing bound is a full call = 100 %)`,
+    formatTable(['workload', 'workers', 'batch', 'callbacks', 'domains', 'seconds', 'domains/s', 'limit/s', 'of limit', 'steady/s', 'steady of limit', 'entries/call', 'slot use', 'machine CPU', 'lost', 'twice', '401s', 'token fetches'],
       r.runs.map((x) => ('error' in x
-        ? [x.workers, x.batchSize, errorCell(x.error)]
-        : [x.workers, x.batchSize, num(x.domains), num(x.elapsedSec, 1), num(x.domainsPerSec, 1), num(x.littleLimit), pct(x.littleShare), num(x.steadyPerSec, 1),
-          pct(x.steadyPerSec / x.littleLimit), pct(x.packingBound), num(x.entriesPerCall, 1), pct(x.slotUse), `${num(x.machineCpuPercent)} %`,
+        ? [x.workload, x.workers, x.batchSize, errorCell(x.error)]
+        : [x.workload, x.workers, x.batchSize, num(x.callbacks), num(x.domains), num(x.elapsedSec, 1), num(x.domainsPerSec, 1), num(x.littleLimit), pct(x.littleShare), num(x.steadyPerSec, 1),
+          pct(x.steadyPerSec / x.littleLimit), num(x.entriesPerCall, 1), pct(x.slotUse), `${num(x.machineCpuPercent)} %`,
           num(x.lost), num(x.deletedTwice), num(x.unauthorized), num(x.tokenFetches)]))),
   ];
 }
