@@ -5,31 +5,14 @@
  */
 import type pg from 'pg';
 import { ValidationError } from '../lib/errors.js';
-import type { AlarmType } from './alarms.js';
+import type { AlarmRow, AlarmType } from './alarms.js';
 import { withTransaction, type Db, type Queryable } from './db.js';
 
 export const ALARM_STATES = ['open', 'acknowledged', 'resolved'] as const;
 export type AlarmState = (typeof ALARM_STATES)[number];
 
-/** An alarm row with its lifecycle columns. */
-export interface AlarmLifecycleRow {
-  id: number;
-  tag: string;
-  messageId: string | null;
-  alarmType: AlarmType;
-  content: string;
-  details: unknown;
-  state: AlarmState;
-  occurrences: number;
-  createdAt: Date;
-  lastSeenAt: Date;
-  acknowledgedAt: Date | null;
-  acknowledgedBy: string | null;
-  ackNote: string | null;
-  resolvedAt: Date | null;
-  resolvedBy: string | null;
-  resolveNote: string | null;
-}
+/** An alarm row with its lifecycle columns: the list row without its paging fields. */
+export type AlarmLifecycleRow = Omit<AlarmRow, 'cursor' | 'truncated'>;
 
 const LIFECYCLE_COLUMNS = `id::int, tag, message_id AS "messageId", alarm_type AS "alarmType", content, details, state, occurrences,
   created_at AS "createdAt", last_seen_at AS "lastSeenAt", acknowledged_at AS "acknowledgedAt", acknowledged_by AS "acknowledgedBy",
@@ -163,32 +146,6 @@ export async function resolveRecoveredBatchAlarms(db: Queryable, messageId: stri
      n AS (INSERT INTO alarm_notification (alarm_id, event, alarm_type) SELECT id, 'resolved', alarm_type FROM r)
      SELECT ${LIFECYCLE_COLUMNS} FROM r`,
     [messageId, SELF_RESOLVING_TYPES],
-  );
-  return rows;
-}
-
-export interface AlarmListFilter {
-  messageIds?: string[];
-  /** Raised at or after this time. */
-  since?: Date;
-  /** Default: open and acknowledged. */
-  states?: readonly AlarmState[];
-  limit?: number;
-}
-
-/** Alarms with their lifecycle, newest first (created_at, then id), by messageIds, time and state. */
-export async function listAlarms(db: Queryable, filter: AlarmListFilter): Promise<AlarmLifecycleRow[]> {
-  const where: string[] = [];
-  const params: unknown[] = [];
-  const param = (v: unknown) => { params.push(v); return `$${params.length}`; };
-  if (filter.messageIds && filter.messageIds.length > 0) where.push(`message_id = ANY(${param(filter.messageIds)})`);
-  if (filter.since) where.push(`created_at >= ${param(filter.since)}`);
-  const states = filter.states ?? ['open', 'acknowledged'];
-  if (states.length < ALARM_STATES.length) where.push(`state = ANY(${param(states)})`);
-  const { rows } = await db.query<AlarmLifecycleRow>(
-    `SELECT ${LIFECYCLE_COLUMNS} FROM sys_task_process_alarm ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-     ORDER BY created_at DESC, id DESC LIMIT ${param(filter.limit ?? 500)}`,
-    params,
   );
   return rows;
 }
