@@ -13,7 +13,8 @@ import { createLogger, redactUrl } from './lib/logger.js';
 import { withTimeout } from './lib/timing.js';
 import { createJobHandler } from './pipeline/process-batch.js';
 import { notifierOptions, startAlarmNotifier } from './notify/sender.js';
-import { startRelay } from './pipeline/publish.js';
+import { batcherFor, publishFlagsFor } from './pipeline/ingest-batcher.js';
+import { startRelay, unconfirmedFor } from './pipeline/publish.js';
 import { migrate } from './store/migrate.js';
 
 /** Starts the service; resolves once it is serving. Exported so tests can run it in-process. */
@@ -32,6 +33,11 @@ export async function startService(config: Config, ctx: AppContext = createConte
   await ctx.broker.waitUntilConnected(3000).catch(() =>
     logger.warn(`RabbitMQ is not reachable at ${redactUrl(config.rabbitmqUrl)}; callbacks are still stored and will be published once it is. Start it with: rabbitmq-server -detached`));
 
+  // Built before what feeds them (callbacks, the relay), so that shutdown (last in, first out) releases them
+  // after those: statements in flight finish, then publishes get their confirms, then the flags are written.
+  publishFlagsFor(ctx);
+  unconfirmedFor(ctx);
+  batcherFor(ctx);
   const relay = startRelay(ctx, { intervalMs: config.relayIntervalMs, retryTiersMs: config.retryTiersMs, confirmTimeoutMs: config.amqpConfirmTimeoutMs });
   releasers.add('relay', () => relay.stop());
   if (config.alarmWebhookUrl) {

@@ -1,9 +1,10 @@
 /**
  * Accepting a callback: store it durably with one statement (one round trip, its own transaction: the
- * audit row, the batch, its domains and any UNSUPPORTED_REQ_TYPE alarm), then publish its job and wait for
- * the broker's confirm. The vendor is told OK once the ledger holds the batch; a job the broker did not
- * confirm is published by the relay. Concurrent callbacks share one statement and one commit (group commit,
- * src/pipeline/ingest-batcher.ts); the publish flag is cleared in bulk after the reply.
+ * audit row, the batch, its domains and any UNSUPPORTED_REQ_TYPE alarm), then publish its job. The vendor is
+ * told OK once the ledger holds the batch, without waiting for the broker's confirm: a job the broker did not
+ * confirm (or never got, if the process died) is published by the relay, since the batch's publish flag stays
+ * set until the confirm. Concurrent callbacks share one statement and one commit (group commit,
+ * src/pipeline/ingest-batcher.ts); the publish flag is cleared in bulk after the confirm.
  */
 import type { Config } from '../config.js';
 import type { Logger } from '../lib/logger.js';
@@ -11,7 +12,7 @@ import type { Metrics } from '../lib/metrics.js';
 import type { Db } from '../store/db.js';
 import { parseCallback } from './callback-input.js';
 import { batcherFor, publishFlagsFor } from './ingest-batcher.js';
-import { publishBatchJob, type JobPublisher } from './publish.js';
+import { publishBatchJob, unconfirmedFor, type JobPublisher } from './publish.js';
 
 export interface AcceptDeps {
   db: Db;
@@ -33,13 +34,15 @@ export interface AcceptResult {
   awaiting: number;
   /** Awaiting domains this callback reported finished: now pending, and sent by the job published below. */
   resumed: number;
-  published: boolean;
+  /** Resolves true once the broker confirmed the job, false when it was left to the relay; never rejects. */
+  confirmed: Promise<boolean>;
 }
 
 /**
  * Validates, stores and publishes one callback. Throws CallbackRejectedError for bad input (nothing
  * stored), DependencyUnavailableError when PostgreSQL is away or the statement lost a deadlock or
- * serialization conflict (nothing stored: the vendor retries). Resolves only after the commit.
+ * serialization conflict (nothing stored: the vendor retries). Resolves only after the commit; waits for
+ * the confirm too while too many are outstanding (UnconfirmedPublishes).
  */
 export async function acceptCallback(deps: AcceptDeps, body: unknown, remoteAddr: string | undefined): Promise<AcceptResult> {
   const input = parseCallback(body, deps.config.callbackMaxItems);
@@ -57,9 +60,10 @@ export async function acceptCallback(deps: AcceptDeps, body: unknown, remoteAddr
       { count: awaiting.length, domains: awaiting.slice(0, 20) });
   }
 
-  const published = await publishBatchJob({ ...deps, logger: log }, input.messageId, updatedAt, 'first_run');
+  const confirmed = publishBatchJob({ ...deps, logger: log }, input.messageId, updatedAt, 'first_run');
+  if (unconfirmedFor(deps).add(confirmed)) await confirmed;
   return {
     messageId: input.messageId, added: added.length, known: known.length, unsupported: unsupported.length,
-    awaiting: awaiting.length, resumed: resumed.length, published,
+    awaiting: awaiting.length, resumed: resumed.length, confirmed,
   };
 }

@@ -16,6 +16,42 @@ export interface JobPublisher { publishJob(job: Job): Promise<void> }
 
 interface PublishDeps { db: Db; broker: JobPublisher; logger: Logger; metrics: Metrics }
 
+// Most callback publishes a process lets run on after the reply; past it, replies wait for their confirm.
+const UNCONFIRMED_MAX = 1000;
+
+/**
+ * Callback publishes whose confirm the reply does not wait for (acceptCallback): the commit is what makes a
+ * callback safe, since the relay publishes any stored batch whose confirm never came. Counted, so that a slow
+ * broker slows the replies again instead of filling memory, and shutdown waits for them before RabbitMQ closes.
+ */
+export class UnconfirmedPublishes {
+  private readonly pending = new Set<Promise<boolean>>();
+
+  /** Tracks a publish; true when the caller should wait for it (too many unconfirmed already). */
+  add(publish: Promise<boolean>): boolean {
+    this.pending.add(publish);
+    void publish.finally(() => this.pending.delete(publish));
+    return this.pending.size > UNCONFIRMED_MAX;
+  }
+
+  async drain(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+  }
+}
+
+const unconfirmed = new WeakMap<JobPublisher, UnconfirmedPublishes>();
+
+/** The broker's UnconfirmedPublishes, built on first use; its drain runs at shutdown before the broker closes. */
+export function unconfirmedFor(deps: { broker: JobPublisher; releasers?: { add(name: string, release: () => Promise<void>): void } }): UnconfirmedPublishes {
+  let u = unconfirmed.get(deps.broker);
+  if (!u) {
+    const made = u = new UnconfirmedPublishes();
+    unconfirmed.set(deps.broker, made);
+    deps.releasers?.add('unconfirmed publishes', () => made.drain());
+  }
+  return u;
+}
+
 /**
  * Publishes a batch's job and waits for the broker's confirm. A failure is logged and left to the relay: the
  * batch is already in the ledger (its publish flag set), so the caller may still answer OK. `trigger` says

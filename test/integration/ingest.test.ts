@@ -21,6 +21,7 @@ import {
   RABBITMQ_URL, callbackBody, captureLogger, cleanupNames, domainsFor, messageId, postCallback, queueDepth, testConfig,
   testDb, testEnv, waitFor,
 } from '../helpers/env.js';
+import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 type Service = Awaited<ReturnType<typeof startService>>;
 
@@ -123,7 +124,9 @@ describe('ingest: one round trip, one commit', function () {
     const beforeReply = statements.slice(before);
     expect(beforeReply, beforeReply.map((s) => s.slice(0, 60)).join(' | ')).to.have.length(1);
     expect(isIngest(beforeReply[0]!)).to.equal(true);
-    expect(result).to.deep.include({ messageId: id, added: 50, known: 0, published: true });
+    expect(result).to.deep.include({ messageId: id, added: 50, known: 0 });
+    // The reply does not wait for the broker's confirm; the confirm still comes, and the flag waits for it.
+    expect(await result.confirmed).to.equal(true);
 
     // Committed before the reply: another connection sees every row at once.
     expect(await auditCount(id)).to.equal(1);
@@ -135,6 +138,23 @@ describe('ingest: one round trip, one commit', function () {
     expect(after.filter(isFlagClear)).to.have.length(1);
     expect(after.some((s) => /^\s*(BEGIN|COMMIT)/i.test(s))).to.equal(false);
     expect((await batchRow(id))!.published_at).to.be.instanceOf(Date);
+  });
+
+  it('when the broker is slow to confirm, then the reply still comes right after the commit, the flag stays set until the confirm, and the job reaches the queue', async () => {
+    const proxy = await startTcpProxy({ port: Number(new URL(RABBITMQ_URL).port || 5672) });
+    cleanups.push(() => proxy.stop());
+    const { url, env } = await start({ RABBITMQ_URL: proxy.url(RABBITMQ_URL), RELAY_INTERVAL_MS: '600000', AMQP_CONFIRM_TIMEOUT_MS: '30000' });
+    const id = messageId();
+    proxy.stall();
+    const res = await postCallback(url, callbackBody(id, domainsFor(id.slice(2, 10), 3)));
+    expect(res.status).to.equal(200);
+    expect(await auditCount(id), 'committed before the reply').to.equal(1);
+    expect((await batchRow(id))!.publish_pending, 'no confirm yet: the relay would still publish it').to.equal(true);
+    expect(await queueDepth(env, 'jobs')).to.equal(0);
+
+    proxy.resume();
+    await waitFor('the publish flag cleared after the confirm', async () => (await batchRow(id))?.publish_pending === false, 10_000);
+    expect(await jobsOnQueue(env)).to.deep.equal([id]);
   });
 
   it('when 20 callbacks are recorded while a statement is in flight, then they share the next statement and each resolves once it committed', async () => {
