@@ -10,11 +10,12 @@
  *      settle those that are not to be sent (not a deletion, unknown, already deleted). The chunk waits as the
  *      "ready" chunk for the next free slot; jobs arriving meanwhile top it up.
  *   2. send (slot held): renew the leases (only what is still held is sent) and make the HTTP call.
- *   3. settle (slot released): each pass's share of the answer is settled against its own batch (settleCall
- *      per messageId, attempts with that job's trigger). No new call is handed to a sender while 2 ×
- *      SECPLAT_CONCURRENCY calls are taken and not yet settled, so a slow PostgreSQL slows the calls down
- *      instead of piling up answers. A worker thus holds at most (2 × SECPLAT_CONCURRENCY + 1) ×
- *      SECPLAT_BATCH_SIZE domains in progress, and a SIGKILL repeats at most the calls sent and not settled.
+ *   3. settle (slot released): the answer is settled in one transaction for every pass in the call (settleCall),
+ *      each pass's share against its own batch and fenced by its own claim token, its attempts with its job's
+ *      trigger. No new call is handed to a sender while 2 × SECPLAT_CONCURRENCY calls are taken and not yet
+ *      settled, so a slow PostgreSQL slows the calls down instead of piling up answers. A worker thus holds at
+ *      most (2 × SECPLAT_CONCURRENCY + 1) × SECPLAT_BATCH_SIZE domains in progress, and a SIGKILL repeats at
+ *      most the calls sent and not settled.
  * A pass ends once nothing more can be claimed for it and every chunk carrying its domains is settled; its
  * job is then acked, retried or requeued on its own (src/pipeline/process-batch.ts).
  *
@@ -54,7 +55,7 @@ export interface PassResult {
 interface Entry { pass: Pass; domain: string; userIdCdn: string }
 
 /** One call as sent: what its attempt rows record, and which entries it carried. */
-type CallRecord = Omit<SentCall, 'instanceId' | 'trigger'> & { entries: Entry[] };
+type CallRecord = Omit<SentCall, 'instanceId'> & { entries: Entry[] };
 
 /** A chunk never reached the platform (shutdown came first): its domains go back to pending. */
 class NotSent extends Error {}
@@ -398,19 +399,20 @@ export class CallPacker implements JobDemand {
       const status = e instanceof SecplatRejectedError ? 'failed' : 'retryable';
       const reason = `${failure instanceof Error ? failure.constructor.name : 'Error'}: ${e.message}`;
       const sent = new Set(call?.entries);
-      for (const [p, mine] of groupByPass(entries)) {
+      const byPass = groupByPass(entries);
+      for (const p of byPass.keys()) {
         if (e instanceof TokenRejectedError) p.tokenRejected = true;
         // No token to be had (Redis down, lock, circuit open): not the domains' fault, so no retry is used up.
         if (e instanceof TokenUnavailableError || e instanceof BadCredentialsError) p.blocked = true;
-        await p.guard(async () => {
-          const inCall = mine.filter((x) => sent.has(x));
-          if (call && inCall.length > 0) {
-            await p.outcome.answered(call, inCall.map((x) => ({ domain: x.domain, status, detail: e.message, reason })));
-          }
-          // Entries outside the last call are no longer held by this pass (or no call was made): no attempt.
-          const rest = mine.filter((x) => !sent.has(x)).map((x) => x.domain);
-          if (rest.length > 0) await p.outcome.settle(rest, status, e.message);
-        });
+      }
+      const answered = new Map<Pass, AnsweredDomain[]>();
+      for (const x of call?.entries ?? []) groupInto(answered, x.pass, { domain: x.domain, status, detail: e.message, reason });
+      const recorded = !call || (await this.recordAnswer(call, answered));
+      // Entries outside the last call are no longer held by their pass (or no call was made): no attempt. A pass
+      // whose share of the call could not be recorded has failed and writes nothing more, as before in one guard.
+      for (const [p, mine] of byPass) {
+        const rest = mine.filter((x) => !sent.has(x)).map((x) => x.domain);
+        if (rest.length > 0 && (recorded || !answered.has(p))) await p.guard(() => p.outcome.settle(rest, status, e.message));
       }
       return;
     }
@@ -427,11 +429,24 @@ export class CallPacker implements JobDemand {
         groupInto(answered, x.pass, { domain: x.domain, status: 'failed', detail: `security platform: ${f.reason}`, reason: f.reason });
       }
     }
-    // The platform's answer exists only in memory: a blip (connection, deadlock, statement timeout) is
-    // retried a few times before giving up. Past that, a database error must still not turn a confirmed
-    // deletion into "retryable": the pass fails, its job is retried, and the claim expires (the next call
-    // deletes again, which the platform takes as done).
-    for (const [p, list] of answered) await p.guard(() => retryTransient(() => p.outcome.answered(call, list)));
+    await this.recordAnswer(call, answered);
+  }
+
+  /**
+   * Records what one call answered for each pass that had domains in it, in one transaction for all of them
+   * (settleCall), then counts and logs each pass's share. The platform's answer exists only in memory: a
+   * blip (connection, deadlock, statement timeout) is retried a few times before giving up. Past that, a
+   * database error must still not turn a confirmed deletion into "retryable": every pass of the call fails
+   * as its guard would fail it alone, its job is retried, and the claims expire (the next call deletes
+   * again, which the platform takes as done). False when it failed.
+   */
+  private async recordAnswer(call: CallRecord, answered: Map<Pass, AnsweredDomain[]>): Promise<boolean> {
+    const { entries: _carried, ...sent } = call;
+    const { db, config } = this.deps;
+    const shares = [...answered].map(([p, list]) => ({ messageId: p.messageId, claimToken: p.claimToken, trigger: p.trigger, answered: list }));
+    const ok = await guardAll([...answered.keys()], () => retryTransient(() => settleCall(db, { ...sent, instanceId: config.instanceId }, shares)));
+    if (ok) for (const [p, list] of answered) p.outcome.answered(list);
+    return ok;
   }
 
   /** Gives unsent entries back (pending) and lets their passes finish; for entries not yet in a sent chunk. */
@@ -503,15 +518,14 @@ class Pass {
   }
 
   /** Runs a write for this pass; a failure fails the pass (not the others sharing the call). */
-  async guard(write: () => Promise<void>): Promise<boolean> {
-    try {
-      await write();
-      return true;
-    } catch (err) {
-      this.log.warn('could not record outcomes', { err: (err as Error).message });
-      this.fail(err);
-      return false;
-    }
+  guard(write: () => Promise<void>): Promise<boolean> {
+    return guardAll([this], write);
+  }
+
+  /** A write of its outcomes failed: the pass stops, and its job is retried once its chunks are settled. */
+  writeFailed(err: unknown): void {
+    this.log.warn('could not record outcomes', { err: (err as Error).message });
+    this.fail(err);
   }
 
   finish(): void {
@@ -523,12 +537,9 @@ class Pass {
 class Outcomes {
   constructor(private readonly deps: ProcessDeps, private readonly pass: Pass) {}
 
-  /** What one call answered for this pass's domains: their outcomes and their attempt rows, written together. */
-  async answered(call: CallRecord, domains: AnsweredDomain[]): Promise<void> {
-    if (domains.length === 0) return;
-    const { entries: _carried, ...sent } = call;
+  /** Counts and logs what one call answered for this pass's domains, once settleCall recorded it. */
+  answered(domains: AnsweredDomain[]): void {
     const { deps, pass } = this;
-    await settleCall(deps.db, pass.messageId, pass.claimToken, { ...sent, instanceId: deps.config.instanceId, trigger: pass.trigger }, domains);
     for (const d of domains) {
       deps.metrics.outcomes.inc({ status: d.status });
       if (d.status === 'succeeded') pass.log.info('domain deleted', { domain: d.domain });
@@ -572,6 +583,20 @@ function acquireSlot(limit: LimitFunction, signal: AbortSignal): Promise<() => v
       resolve(release);
     }));
   });
+}
+
+/**
+ * Runs one write on behalf of several passes (a call's answer, recorded for all of them at once); a failure
+ * fails each of them, as a failing write of its own would.
+ */
+async function guardAll(passes: Pass[], write: () => Promise<void>): Promise<boolean> {
+  try {
+    await write();
+    return true;
+  } catch (err) {
+    for (const p of passes) p.writeFailed(err);
+    return false;
+  }
 }
 
 /** The HTTP status a failed call was answered with; null when nothing was answered (timeout, network, cut). */

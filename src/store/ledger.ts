@@ -561,7 +561,6 @@ export interface SentCall {
   sentAt: Date;
   durationMs: number;
   instanceId: string;
-  trigger: JobTrigger;
   tokenGeneration: number;
   /** null when nothing was answered (timeout, network failure, cut at shutdown). */
   httpStatus: number | null;
@@ -571,33 +570,75 @@ export interface SentCall {
 export interface AnsweredDomain { domain: string; status: 'succeeded' | 'failed' | 'retryable'; detail: string | null; reason: string | null }
 
 /**
- * Records one call's answer: settles every domain it carried and writes their attempt rows in the same
- * statement (one INSERT … SELECT FROM unnest per call); when some were deleted, the inventory changes in the
- * same transaction. As in settleSucceeded, a confirmed deletion is recorded even if this claim has lapsed;
- * other answers change a domain only while `claimer` still holds it, else its attempt says `lease_lost`.
+ * One pass's share of a call: its batch, the claim token it holds those domains with, what caused its job
+ * (the attempts' trigger) and what the call answered for them.
  */
-export async function settleCall(db: Db, messageId: string, claimer: string, call: SentCall, answered: AnsweredDomain[]): Promise<void> {
-  if (answered.length === 0) return;
-  const settle = (q: Queryable) => q.query(
-    `WITH x AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(domain, status, detail, reason)),
-     deleted AS (
-       UPDATE batch_domain b SET status = 'succeeded', detail = x.detail, claimed_by = NULL, claimed_until = NULL,
-              updated_at = now(), finished_at = now()
-       FROM x WHERE b.message_id = $1 AND b.domain = x.domain AND x.status = 'succeeded' AND b.status <> 'succeeded'),
-     settled AS (
-       UPDATE batch_domain b SET status = x.status, detail = x.detail, claimed_by = NULL, claimed_until = NULL,
-              updated_at = now(), finished_at = CASE WHEN x.status = 'failed' THEN now() END
-       FROM x WHERE b.message_id = $1 AND b.domain = x.domain AND x.status <> 'succeeded'
-         AND b.status = 'in_progress' AND b.claimed_by = $6
-       RETURNING b.domain)
-     INSERT INTO domain_attempt (message_id, domain, attempted_at, duration_ms, instance_id, trigger, token_generation, http_status, outcome, reason)
-     SELECT $1, x.domain, $7, $8, $9, $10, $11, $12,
-            CASE WHEN x.status = 'succeeded' OR x.domain IN (SELECT domain FROM settled) THEN x.status ELSE 'lease_lost' END, x.reason
-     FROM x`,
-    [messageId, answered.map((a) => a.domain), answered.map((a) => a.status), answered.map((a) => a.detail), answered.map((a) => a.reason),
-      claimer, call.sentAt, call.durationMs, call.instanceId, call.trigger, call.tokenGeneration, call.httpStatus],
-  );
-  const deleted = answered.filter((a) => a.status === 'succeeded').map((a) => a.domain);
+export interface CallShare { messageId: string; claimToken: string; trigger: JobTrigger; answered: AnsweredDomain[] }
+
+/*
+ * The ledger half of settleCall, one statement for every share of a call:
+ * - locked: the rows the answer changes, locked in (message_id, domain) order whatever the order of the
+ *   input or the plan, so two settles of overlapping rows (a lapsed claim taken over) never deadlock. A
+ *   success is taken whatever the claim (the platform's answer is the truth); any other answer only where
+ *   the row is still in progress under that share's own claim token (rechecked after a wait for the lock).
+ * - settled: those rows take the answer.
+ * - the insert: one attempt row per answered domain, with its share's trigger; `lease_lost` where a
+ *   non-success could not be applied because the claim had lapsed and another pass held the domain.
+ */
+const SETTLE_CALL = `
+WITH x AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+    WITH ORDINALITY AS x(message_id, claim_token, trigger, domain, status, detail, reason, ord)),
+locked AS (
+  SELECT b.message_id, b.domain, x.status, x.detail FROM x JOIN batch_domain b ON b.message_id = x.message_id AND b.domain = x.domain
+  WHERE CASE WHEN x.status = 'succeeded' THEN b.status <> 'succeeded' ELSE b.status = 'in_progress' AND b.claimed_by = x.claim_token END
+  ORDER BY b.message_id, b.domain
+  FOR UPDATE OF b),
+settled AS (
+  UPDATE batch_domain b SET status = l.status, detail = l.detail, claimed_by = NULL, claimed_until = NULL, updated_at = now(),
+         finished_at = CASE WHEN l.status IN ('succeeded', 'failed') THEN now() END
+  FROM locked l WHERE b.message_id = l.message_id AND b.domain = l.domain
+  RETURNING b.message_id, b.domain)
+INSERT INTO domain_attempt (message_id, domain, attempted_at, duration_ms, instance_id, trigger, token_generation, http_status, outcome, reason)
+SELECT x.message_id, x.domain, $8, $9, $10, x.trigger, $11, $12,
+       CASE WHEN x.status = 'succeeded' OR (x.message_id, x.domain) IN (SELECT message_id, domain FROM settled) THEN x.status ELSE 'lease_lost' END,
+       x.reason
+FROM x ORDER BY x.ord`;
+
+/*
+ * The inventory half: the deleted domains, each once (a domain in two batches of one call is credited to the
+ * first messageId), locked in domain order for the same reason as above.
+ */
+const SETTLE_CALL_INVENTORY = `
+WITH d AS (
+  SELECT DISTINCT ON (domain) domain, message_id FROM unnest($1::text[], $2::text[]) AS d(message_id, domain) ORDER BY domain, message_id),
+locked AS (
+  SELECT c.domain, d.message_id FROM d JOIN cdn_domain c ON c.domain = d.domain WHERE c.status = 'active'
+  ORDER BY c.domain
+  FOR UPDATE OF c)
+UPDATE cdn_domain c SET status = 'deleted', deleted_at = now(), deleted_by_message_id = l.message_id
+FROM locked l WHERE c.domain = l.domain`;
+
+/**
+ * Records one call's answer for every pass that had domains in it, in one transaction: each domain is settled
+ * against its own batch with its own pass's claim token, and its attempt row (with that pass's trigger) is
+ * written in the same statement; when some were deleted, the inventory changes in the same transaction (one
+ * statement, autocommit, when none was). As in settleSucceeded, a confirmed deletion is recorded even if the
+ * claim has lapsed; other answers change a domain only while its pass's claim token still holds it, else its
+ * attempt says `lease_lost`. A failure records nothing for any share.
+ */
+export async function settleCall(db: Db, call: SentCall, shares: CallShare[]): Promise<void> {
+  const rows = shares.flatMap((s) => s.answered.map((a) => ({ ...a, messageId: s.messageId, claimToken: s.claimToken, trigger: s.trigger })));
+  if (rows.length === 0) return;
+  const settle = (q: Queryable) => q.query({
+    // Named: each pooled connection parses and plans it once, then only binds.
+    name: 'settle-call',
+    text: SETTLE_CALL,
+    values: [rows.map((r) => r.messageId), rows.map((r) => r.claimToken), rows.map((r) => r.trigger), rows.map((r) => r.domain),
+      rows.map((r) => r.status), rows.map((r) => r.detail), rows.map((r) => r.reason),
+      call.sentAt, call.durationMs, call.instanceId, call.tokenGeneration, call.httpStatus],
+  });
+  const deleted = rows.filter((r) => r.status === 'succeeded');
   if (deleted.length === 0) {
     await settle(db);
     return;
@@ -605,11 +646,11 @@ export async function settleCall(db: Db, messageId: string, claimer: string, cal
   // Same order as settleSucceeded (ledger rows, then inventory rows), so the two never deadlock each other.
   await withTransaction(db, async (client) => {
     await settle(client);
-    await client.query(
-      `UPDATE cdn_domain SET status = 'deleted', deleted_at = now(), deleted_by_message_id = $1
-       WHERE domain = ANY($2) AND status = 'active'`,
-      [messageId, deleted],
-    );
+    await client.query({
+      name: 'settle-call-inventory',
+      text: SETTLE_CALL_INVENTORY,
+      values: [deleted.map((r) => r.messageId), deleted.map((r) => r.domain)],
+    });
   });
 }
 

@@ -26,6 +26,23 @@ import {
 
 const uid = (d: string) => `uid-${d}`;
 
+/** A statement as it reached PostgreSQL: its text and the pooled connection that ran it. */
+interface Statement { client: pg.PoolClient; text: string }
+
+/** Records every statement run on `pool`'s connections from now on (pool.query and transactions alike). */
+function recordStatements(pool: pg.Pool): Statement[] {
+  const seen: Statement[] = [];
+  pool.on('connect', (client) => {
+    const original = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const first = args[0];
+      seen.push({ client, text: typeof first === 'string' ? first : ((first as { text?: string } | undefined)?.text ?? '') });
+      return original(...args);
+    };
+  });
+  return seen;
+}
+
 /** A callback as posted: its messageId and domains. */
 interface Batch { id: string; domains: string[] }
 
@@ -113,11 +130,14 @@ describe('calls filled across jobs', function () {
   let dispositions: { messageId: string; action: Disposition['action']; instanceId: string }[];
 
   /** A service process in this test process; its job dispositions are recorded. */
-  async function start(overrides: Record<string, string> = {}): Promise<{ url: string; ctx: Awaited<ReturnType<typeof startService>>['ctx'] }> {
+  async function start(overrides: Record<string, string> = {}): Promise<{
+    url: string; ctx: Awaited<ReturnType<typeof startService>>['ctx']; statements: Statement[]; logs: string[];
+  }> {
     // No relay pass during a test: the test database is shared, and a relay would publish other tests'
     // unconfirmed or stalled batches into this queue, spoiling the counts of jobs held and waiting.
     const config = testConfig({ ...env, RELAY_INTERVAL_MS: '3600000', ...overrides });
-    const ctx = createContext(config, { logger: captureLogger('warn').logger });
+    const { logger, lines: logs } = captureLogger('warn');
+    const ctx = createContext(config, { logger });
     const brokerStart = ctx.broker.start.bind(ctx.broker);
     ctx.broker.start = (handler?: JobHandler) => brokerStart(handler && Object.assign(async (msg: amqp.ConsumeMessage) => {
       const d = await handler(msg);
@@ -125,9 +145,10 @@ describe('calls filled across jobs', function () {
       dispositions.push({ messageId: id, action: d.action, instanceId: config.instanceId });
       return d;
     }, { demand: handler.demand }));
+    const statements = recordStatements(ctx.db);
     const service = await startService(config, ctx);
     services.push(service);
-    return { url: `http://127.0.0.1:${service.port}`, ctx };
+    return { url: `http://127.0.0.1:${service.port}`, ctx, statements, logs };
   }
 
   /** A callback of `n` domains known to the inventory; returns its messageId and domains. */
@@ -270,6 +291,107 @@ describe('calls filled across jobs', function () {
     const attempts = await listAttempts(db, refused.id);
     expect(attempts.map((x) => [x.httpStatus, x.outcome, x.reason])).to.deep.equal([[200, 'failed', 'user not found']]);
     expect((await listAttempts(db, a.id))[0]!.attemptedAt.getTime(), 'the same call').to.equal(attempts[0]!.attemptedAt.getTime());
+  });
+
+  it('when one call carries the domains of four one-domain jobs with different triggers and one lost its lease, then one transaction settles all four, each against its own batch and claim, with attempts carrying each job\'s trigger', async () => {
+    const { url, ctx, statements } = await start({ SECPLAT_BATCH_SIZE: '10' });
+    const blocker = await post(url, 1);
+    await waitFor('the first call held at the gate', async () => gate.held === 1);
+    const ok = await post(url, 1); // first_run
+    /** A batch stored without a callback, whose job says it was caused by `trigger`. */
+    const seeded = async (trigger: 'retry' | 'stalled_sweep' | 'replay'): Promise<Batch> => {
+      const id = messageId();
+      const domains = domainsFor(id.slice(2, 12), 1);
+      await seedInventory(db, domains, uid);
+      await db.query(`INSERT INTO batch (message_id, publish_pending) VALUES ($1, false)`, [id]);
+      await db.query(`INSERT INTO batch_domain (message_id, domain, req_type, status) VALUES ($1, $2, 'SELF_DOMAIN_DELETE', 'pending')`, [id, domains[0]]);
+      await ctx.broker.publishJob({ messageId: id, attempt: 1, trigger });
+      return { id, domains };
+    };
+    const refused = await seeded('retry');
+    const lost = await seeded('stalled_sweep');
+    const replayed = await seeded('replay');
+    const four = [ok, refused, lost, replayed];
+    await waitFor('the four claimed for the next call', async () => (await inProgress(four.map((b) => b.id))) === 4);
+
+    gate.release(1);
+    await waitFor('the first call settled and the second held at the gate', async () =>
+      gate.calls.length === 2 && gate.held === 1 && (await statusCounts(db, blocker.id)).succeeded === 1);
+    // While the call is out, the lease of one domain lapses and another worker takes it over.
+    await db.query(`UPDATE batch_domain SET claimed_by = 'other-host:1#0000beef', claimed_until = now() + interval '1 hour' WHERE message_id = $1`, [lost.id]);
+    sim.setOptions({ failIds: [uid(refused.domains[0]!), uid(lost.domains[0]!)] });
+    const from = statements.length;
+    gate.open();
+    await waitFor('the four jobs decided', async () => four.every((b) => dispositions.some((d) => d.messageId === b.id)));
+
+    expect(gate.calls[1]!.slice().sort(), 'the second call').to.deep.equal(four.map((b) => uid(b.domains[0]!)).sort());
+    const after = statements.slice(from);
+    const settles = after.filter((s) => s.text.includes('INSERT INTO domain_attempt'));
+    expect(settles, 'statements writing attempt rows').to.have.length(1);
+    const own = after.filter((s) => s.client === settles[0]!.client).map((s) => s.text.trim());
+    const at = own.indexOf(settles[0]!.text.trim());
+    expect([own[at - 1], own[at + 1]?.includes('UPDATE cdn_domain'), own[at + 2]], 'BEGIN, ledger, inventory, COMMIT').to.deep.equal(['BEGIN', true, 'COMMIT']);
+
+    const row = async (b: Batch) => (await db.query<{ status: string; claimedBy: string | null; detail: string | null }>(
+      'SELECT status, claimed_by AS "claimedBy", detail FROM batch_domain WHERE message_id = $1', [b.id])).rows;
+    expect(await row(ok)).to.deep.equal([{ status: 'succeeded', claimedBy: null, detail: null }]);
+    expect(await row(replayed)).to.deep.equal([{ status: 'succeeded', claimedBy: null, detail: null }]);
+    expect(await row(refused)).to.deep.equal([{ status: 'failed', claimedBy: null, detail: 'security platform: user not found' }]);
+    expect(await row(lost), 'the domain taken over, untouched').to.deep.equal([{ status: 'in_progress', claimedBy: 'other-host:1#0000beef', detail: null }]);
+    const attempts = await Promise.all(four.map((b) => listAttempts(db, b.id)));
+    expect(attempts.map((rows) => rows.map((a) => [a.messageId, a.domain, a.trigger, a.httpStatus, a.outcome, a.reason]))).to.deep.equal([
+      [[ok.id, ok.domains[0], 'first_run', 200, 'succeeded', null]],
+      [[refused.id, refused.domains[0], 'retry', 200, 'failed', 'user not found']],
+      [[lost.id, lost.domains[0], 'stalled_sweep', 200, 'lease_lost', 'user not found']],
+      [[replayed.id, replayed.domains[0], 'replay', 200, 'succeeded', null]],
+    ]);
+    expect(new Set(attempts.map((rows) => rows[0]!.attemptedAt.getTime())).size, 'send times of the four').to.equal(1);
+    const { rows: inventory } = await db.query<{ domain: string; status: string; by: string | null }>(
+      'SELECT domain, status, deleted_by_message_id AS by FROM cdn_domain WHERE domain = ANY($1) ORDER BY domain',
+      [four.map((b) => b.domains[0])]);
+    expect(inventory, 'the inventory: each deletion credited to its own batch').to.deep.equal(four.map((b) => ({
+      domain: b.domains[0], status: b === ok || b === replayed ? 'deleted' : 'active', by: b === ok || b === replayed ? b.id : null,
+    })).sort((x, y) => (x.domain! < y.domain! ? -1 : 1)));
+    await eachAckedOnce([blocker, ...four].map((b) => b.id));
+  });
+
+  it('when recording a call\'s answer keeps failing for one of its batches, then every job in the call fails as one failing job does: retried, its domains left in progress under their claims, no attempt and no inventory change', async () => {
+    const { url, logs, statements } = await start({ SECPLAT_BATCH_SIZE: '10' });
+    const blocker = await post(url, 1);
+    await waitFor('the first call held at the gate', async () => gate.held === 1);
+    const three = [await post(url, 1), await post(url, 1), await post(url, 1)];
+    const ids = three.map((b) => b.id);
+    await waitFor('the three claimed for the next call', async () => (await inProgress(ids)) === 3);
+    // A real PostgreSQL failure, transient by its code, on every attempt row of one of the three batches.
+    const fn = `fail_attempt_${messageId().slice(2, 10)}`;
+    await db.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.message_id = '${three[1]!.id}' THEN RAISE EXCEPTION 'injected conflict' USING ERRCODE = '40001'; END IF;
+        RETURN NEW;
+      END $$`);
+    await db.query(`CREATE TRIGGER ${fn} BEFORE INSERT ON domain_attempt FOR EACH ROW EXECUTE FUNCTION ${fn}()`);
+    try {
+      const from = statements.length;
+      gate.open();
+      await waitFor('the three jobs decided', async () => ids.every((id) => dispositions.some((d) => d.messageId === id)));
+      expect(statements.slice(from).filter((x) => x.text.includes('INSERT INTO domain_attempt')), 'the settle, tried again on the transient error')
+        .to.have.length(1 + 1 + 3); // the blocker's call, then the mixed call and its three retries
+    } finally {
+      await db.query(`DROP TRIGGER ${fn} ON domain_attempt; DROP FUNCTION ${fn}()`);
+    }
+
+    expect(ids.map((id) => dispositions.find((d) => d.messageId === id)!.action), 'each job\'s first disposition').to.deep.equal(['retry', 'retry', 'retry']);
+    for (const b of three) {
+      expect(logs.filter((l) => l.includes('could not record outcomes') && l.includes(b.id)), `warnings of ${b.id}`).to.have.length(1);
+    }
+    const { rows } = await db.query<{ status: string; claimed: boolean }>(
+      'SELECT status, claimed_by IS NOT NULL AS claimed FROM batch_domain WHERE message_id = ANY($1)', [ids]);
+    expect(rows, 'deleted by the platform, never made retryable: left to their claims').to.deep.equal(ids.map(() => ({ status: 'in_progress', claimed: true })));
+    for (const b of three) expect(await listAttempts(db, b.id), `attempts of ${b.id}`).to.deep.equal([]);
+    const { rows: inventory } = await db.query<{ status: string }>('SELECT status FROM cdn_domain WHERE domain = ANY($1)', [three.map((b) => b.domains[0])]);
+    expect(inventory.map((r) => r.status)).to.deep.equal(['active', 'active', 'active']);
+    for (const b of three) expect(sim.stats().deletedCounts[uid(b.domains[0]!)], b.domains[0]).to.equal(1);
+    expect(await statusCounts(db, blocker.id), 'the call before, recorded').to.deep.equal({ succeeded: 1 });
   });
 
   it('when the worker shuts down with a call prepared behind the one in flight, then the prepared domains go back to pending unsent, their jobs are requeued, and the next worker deletes each domain once', async () => {
