@@ -22,9 +22,15 @@ export type HistoryResult = { error: string } | {
   tables: Record<string, { rows: number; mb: number }>; operations: OpRow[];
 };
 
+/** The alarm list's page size in the timed call. */
+const ALARM_PAGE = 50;
+
 const probeId = (tag: string, name: string) => `pm${createHash('md5').update(`${tag}:probe:${name}`).digest('hex')}`;
 
-/** Three batches the operations read: one finished with failures (report, lookup, alarm), one stalled, one open. */
+/**
+ * Three batches the operations read: one finished with failures (report, lookup, alarm), one stalled, one open;
+ * and a full first page of open alarms (seedAlarmPage).
+ */
 async function seedProbes(db: pg.Pool, tag: string, attempts: boolean): Promise<Probes> {
   const p: Probes = { report: probeId(tag, 'report'), stalled: probeId(tag, 'stalled'), claim: probeId(tag, 'claim'), domain: `d0.${tag}.probe.example.com` };
   // $1 the batch, $2 its first domain; the other 49 are named after the batch.
@@ -47,7 +53,33 @@ async function seedProbes(db: pg.Pool, tag: string, attempts: boolean): Promise<
   await db.query(`WITH a AS (INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content) VALUES ($1, $2, 'BATCH_FAILURES', 'probe') RETURNING id)
                   INSERT INTO alarm_notification (alarm_id, event, alarm_type, delivered_at) SELECT id, 'opened', 'BATCH_FAILURES', now() FROM a`,
   [JSON.stringify({ taskId: `${p.report}_exc`, type: 'DOMAIN_B_PIPE' }), p.report]);
+  await seedAlarmPage(db, tag);
   return p;
+}
+
+/**
+ * ALARM_PAGE more open alarms, each on a finished 50-domain batch with failures, 1 to 50 minutes old: after the
+ * report probe's and before any of the history's (an hour old or more), so both figures read the same full page
+ * (with a next page). Without them the empty figure was of a one-row page, which the history's open alarms (76
+ * at 2 million rows) then filled: the ratio measured 50 rows against 1, not the history.
+ */
+async function seedAlarmPage(db: pg.Pool, tag: string): Promise<void> {
+  const ids = Array.from({ length: ALARM_PAGE }, (_, i) => probeId(tag, `alarm-${i}`));
+  await db.query(`INSERT INTO batch (message_id, publish_pending, created_at, updated_at)
+                  SELECT id, false, now() - interval '2 hours', now() - interval '1 hour' FROM unnest($1::text[]) id`, [ids]);
+  await db.query(`INSERT INTO batch_domain (message_id, domain, req_type, status, attempts, detail, finished_at, updated_at)
+                  SELECT id, 'd' || k || '.' || substr(id, 3, 12) || '.probe.example.com', 'SELF_DOMAIN_DELETE',
+                         CASE WHEN k % 7 = 0 THEN 'failed' WHEN k % 11 = 0 THEN 'unknown_domain' ELSE 'succeeded' END, 1,
+                         CASE WHEN k % 7 = 0 THEN 'security platform: user not found' END, now() - interval '1 hour', now() - interval '1 hour'
+                  FROM unnest($1::text[]) id, generate_series(1, 50) k`, [ids]);
+  await db.query(`WITH a AS (
+                    INSERT INTO sys_task_process_alarm (tag, message_id, alarm_type, content, details, created_at, last_seen_at)
+                    SELECT '{"taskId":"' || id || '_exc","type":"DOMAIN_B_PIPE"}', id, 'BATCH_FAILURES', 'batch ' || id || ' finished with 7 failed and 4 unknown domains',
+                           jsonb_build_object('failed', 7, 'unknownDomains', 4), now() - interval '1 minute' * n, now() - interval '1 minute' * n
+                    FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n)
+                    RETURNING id, created_at)
+                  INSERT INTO alarm_notification (alarm_id, event, alarm_type, created_at, attempts, delivered_at)
+                  SELECT id, 'opened', 'BATCH_FAILURES', created_at, 1, created_at FROM a`, [ids]);
 }
 
 interface Op { name: string; time(): Promise<number> }
@@ -69,7 +101,8 @@ function operations(ctx: BenchContext, p: Probes, stalledAfterMs: number): Op[] 
   const claimLimit = ctx.base.secplatBatchSize;
   return [
     timed('batch report', () => batchReport(db, p.report), (r) => r.domains.length === 50),
-    timed('alarm list (first page)', () => alarmList(db, { limit: 50 }), (r) => r.alarms.some((a) => a.messageId === p.report)),
+    timed('alarm list (first page)', () => alarmList(db, { limit: ALARM_PAGE }),
+      (r) => r.alarms.length === ALARM_PAGE && r.nextCursor !== null && r.alarms.some((a) => a.messageId === p.report)),
     timed('domain lookup', () => domainReport(db, p.domain), (r) => r.batches.length === 1),
     timed('stalled sweep', () => findStalled(db, stalledAfterMs, 100), (r) => r.some((b) => b.messageId === p.stalled)),
     {

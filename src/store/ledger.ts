@@ -290,6 +290,9 @@ export async function requestPublish(db: Queryable, messageIds: string[], trigge
  * `= ANY (ARRAY(…))`, not `IN (…)`: the planner guesses how many rows are stalled from the whole table's
  * updated_at (mostly old, finished rows), and with a large history an IN became a hash join over a Seq Scan
  * of batch; an array is always probed through batch_pkey.
+ * UNION ALL, not UNION: the same guess (75,000 rows at 2 million, where a handful are stalled) sized the
+ * UNION's hash table, 1.5 MB built per sweep. The array holds an id per stalled row; the btree probe sorts
+ * and de-duplicates its keys, so each batch is still read once.
  */
 export async function findStalled(db: Queryable, idleMs: number, limit: number): Promise<{ messageId: string; updatedAt: Date }[]> {
   const { rows } = await db.query<{ messageId: string; updatedAt: Date }>(
@@ -297,7 +300,7 @@ export async function findStalled(db: Queryable, idleMs: number, limit: number):
      WHERE b.message_id = ANY (ARRAY(
          SELECT message_id FROM batch_domain
          WHERE status IN ('pending', 'retryable') AND updated_at < now() - make_interval(secs => $1::double precision / 1000)
-         UNION
+         UNION ALL
          SELECT message_id FROM batch_domain WHERE status = 'in_progress' AND claimed_until < now()))
        AND NOT b.publish_pending
        AND (b.relayed_at IS NULL OR b.relayed_at < now() - make_interval(secs => $1::double precision / 1000))
