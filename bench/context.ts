@@ -75,6 +75,11 @@ export function scenarioRunner(d: ScenarioDeps): BenchContext['scenario'] {
     const startWorkers = (n: number) => Promise.all(Array.from({ length: n }, (_, i) => start('worker', `w${i + 1}`)));
     try {
       return await fn({ env, start, startWorkers });
+    } catch (err) {
+      // The last warning or error a process logged usually says why.
+      const hint = procs.map((p) => [p.name, [...p.logs].reverse().find((l) => /"level":"(warn|error)"/.test(l))] as const).find(([, line]) => line);
+      if (hint && err instanceof Error) err.message += ` (${hint[0]} last logged: ${hint[1]!.slice(0, 400)})`;
+      throw err;
     } finally {
       const stops = await Promise.all(procs.map((p) => p.stop(10_000)));
       procs.forEach((p, i) => d.notes.push({

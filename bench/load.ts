@@ -3,7 +3,9 @@
  * what it measures. Internal: started by bench/sections/ingest.ts with one JSON argument, prints one JSON line.
  *
  * - mode "http": POSTs fifty-domain callbacks to the API with `concurrency` requests in flight
- *   (keep-alive sockets), for `warmupMs` unmeasured and then `durationMs` measured.
+ *   (keep-alive sockets), for `warmupMs` unmeasured and then `durationMs` measured. With `ratePerSec` it
+ *   is open-loop instead: one request every 1/rate s whatever the replies do (at most OPEN_LOOP_MAX in
+ *   flight), each timed from when it was due, so a slow reply cannot hide the requests queued behind it.
  * - mode "pg": the PostgreSQL ceiling: the same rows written the way the API writes them, with nothing else in
  *   the way (default synchronous_commit), `concurrency` callbacks in flight. `pgShape` "statement": the
  *   service's own recordCallback, one statement (audit + batch + one row per domain) per callback, one
@@ -31,6 +33,8 @@ export interface LoadConfig {
   /** pg mode: one statement per callback, or callbacks in flight grouped into one statement (default statement). */
   pgShape?: 'statement' | 'grouped';
   concurrency: number;
+  /** Open loop: requests started per second, on a fixed schedule (http mode); `concurrency` is then unused. */
+  ratePerSec?: number;
   /** A process (the API) whose CPU use over the measured window is reported. */
   watchPid?: number;
   warmupMs: number;
@@ -41,6 +45,9 @@ export interface LoadConfig {
 export interface LoadResult {
   mode: LoadConfig['mode'];
   concurrency: number;
+  /** Open loop: the rate asked for, and requests that could not start on time (OPEN_LOOP_MAX in flight). */
+  ratePerSec?: number;
+  late?: number;
   windowMs: number;
   /** Successful operations completed inside the measured window. */
   measured: number;
@@ -75,9 +82,12 @@ const template = JSON.stringify({
   messageId: 'pm@H@',
 }).split('@H@');
 
+// Open loop: the most requests in flight; a due request beyond it is counted late and started once one ends.
+const OPEN_LOOP_MAX = 256;
+
 function httpOp(): () => Promise<void> {
   const target = new URL('/api/pm/pipe/callback', cfg.url);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.concurrency });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.ratePerSec ? OPEN_LOOP_MAX : cfg.concurrency });
   return () => new Promise<void>((resolve, reject) => {
     const body = template.join(nextHex());
     const req = http.request({
@@ -129,22 +139,46 @@ async function main(): Promise<LoadResult> {
   let errors = 0;
   const errorSamples: string[] = [];
 
-  const loop = async () => {
-    while (performance.now() < end) {
-      const started = performance.now();
-      try {
-        await op();
-        okTotal += 1;
-        const done = performance.now();
-        if (done >= measureFrom && done <= end) latencies.push(done - started);
-      } catch (err) {
-        errors += 1;
-        if (errorSamples.length < 5) errorSamples.push((err as Error).message);
-        await new Promise((r) => setTimeout(r, 10)); // a dead target must not turn into a hot loop
-      }
+  /** One operation timed from `due` (when it should have started); false when it failed. */
+  const once = async (due: number): Promise<boolean> => {
+    try {
+      await op();
+      okTotal += 1;
+      const done = performance.now();
+      if (done >= measureFrom && done <= end) latencies.push(done - due);
+      return true;
+    } catch (err) {
+      errors += 1;
+      if (errorSamples.length < 5) errorSamples.push((err as Error).message);
+      return false;
     }
   };
-  await Promise.all(Array.from({ length: cfg.concurrency }, loop));
+  const closedLoop = async () => {
+    while (performance.now() < end) {
+      // A dead target must not turn into a hot loop.
+      if (!await once(performance.now())) await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  let late = 0;
+  const openLoop = async (rate: number) => {
+    const running = new Set<Promise<boolean>>();
+    for (let i = 0; ; i++) {
+      const due = t0 + (i * 1000) / rate;
+      if (due >= end) break;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (running.size >= OPEN_LOOP_MAX) {
+        late += 1;
+        await Promise.race(running);
+      }
+      const p = once(due);
+      running.add(p);
+      void p.finally(() => running.delete(p));
+    }
+    await Promise.all(running);
+  };
+  if (cfg.ratePerSec) await openLoop(cfg.ratePerSec);
+  else await Promise.all(Array.from({ length: cfg.concurrency }, closedLoop));
   const cpu = process.cpuUsage(cpu0);
   const wall = performance.now() - t0;
   clearTimeout(t1);
@@ -157,7 +191,8 @@ async function main(): Promise<LoadResult> {
   latencies.sort((a, b) => a - b);
   const q = (p: number) => quantile(latencies, p);
   return {
-    mode: cfg.mode, concurrency: cfg.concurrency, windowMs: cfg.durationMs, measured: latencies.length,
+    mode: cfg.mode, concurrency: cfg.concurrency, ratePerSec: cfg.ratePerSec, late: cfg.ratePerSec ? late : undefined,
+    windowMs: cfg.durationMs, measured: latencies.length,
     perSec: latencies.length / (cfg.durationMs / 1000), p50Ms: q(0.5), p90Ms: q(0.9), p99Ms: q(0.99), maxMs: latencies.at(-1) ?? NaN,
     okTotal, errors, errorSamples, cpuPercent: ((cpu.user + cpu.system) / 1000 / wall) * 100,
     machineCpuPercent: busy * 100,
