@@ -63,6 +63,8 @@ class NotSent extends Error {}
 const NOTHING_SENT: DeleteResult = { succeeded: [], failed: [] };
 /** Job sizes remembered for the estimate of how many entries a job still to come brings. */
 const SIZE_SAMPLES = 32;
+/** Jobs whose size must be known before the estimate rests on them alone. */
+const SIZE_PRIOR = 8;
 
 export class CallPacker implements JobDemand {
   /** Passes in arrival order: claims serve the oldest job first, so jobs finish (and are acked) in order. */
@@ -135,10 +137,15 @@ export class CallPacker implements JobDemand {
     this.listeners.push(listener);
   }
 
-  /** Mean open entries of recent jobs (the batch size before any is known); at least 1. */
+  /**
+   * Mean open entries of recent jobs; at least 1. Until SIZE_PRIOR jobs are known, the missing ones count
+   * as the batch size: a first 1-domain job must not make a worker ask for a hundred jobs at once (it
+   * would hold them all, however big they turn out to be, while other workers run dry).
+   */
   private estimatePerJob(): number {
-    if (this.sizes.length === 0) return this.deps.config.secplatBatchSize;
-    return Math.max(1, this.sizes.reduce((a, b) => a + b, 0) / this.sizes.length);
+    const known = this.sizes.reduce((a, b) => a + b, 0);
+    const missing = Math.max(0, SIZE_PRIOR - this.sizes.length);
+    return Math.max(1, (known + missing * this.deps.config.secplatBatchSize) / (this.sizes.length + missing));
   }
 
   /** Something changed: wake the dispatcher (starting it if need be) and tell the broker. */

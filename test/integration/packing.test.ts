@@ -470,6 +470,28 @@ describe('calls filled across jobs', function () {
     await eachAckedOnce([first, ...small].map((b) => b.id));
   });
 
+  it('when the first job a worker meets carries one domain and thirty 50-domain jobs wait behind it, then it takes only what its calls need, not all of them', async () => {
+    const api = await start({ ROLE: 'api', SECPLAT_BATCH_SIZE: '20' });
+    const batches = [await post(api.url, 1)];
+    for (let i = 0; i < 30; i++) batches.push(await post(api.url, 50));
+    await waitFor('31 jobs waiting', async () => (await queueDepth(env, 'jobs')) === 31);
+
+    const worker = await start({ ROLE: 'worker', SECPLAT_BATCH_SIZE: '20', INSTANCE_ID: 'w' });
+    await waitFor('the first call held at the gate', async () => gate.held === 1);
+    // One slot and a call held: 20 × (0 free slots + 2) entries are wanted, two or three 50-domain jobs. Judged
+    // by the first job alone (1 entry) it wanted 40 jobs and took every one; watch what it holds for a while.
+    let most = 0;
+    const until = Date.now() + 1000;
+    while (Date.now() < until) {
+      most = Math.max(most, worker.ctx.broker.consumerState.held);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(most, 'jobs held at most').to.be.at.most(6);
+    expect(await queueDepth(env, 'jobs'), 'jobs left for other workers').to.be.at.least(25);
+    gate.open();
+    await waitFor('every batch succeeded', () => allSucceeded(batches), 60_000);
+  });
+
   it('when the jobs a worker holds already fill its calls, then it leaves the other jobs in the queue and a second worker takes them', async () => {
     const busy = await start({ SECPLAT_BATCH_SIZE: '5', INSTANCE_ID: 'busy' });
     const big = await post(busy.url, 40);
