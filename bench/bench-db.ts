@@ -68,7 +68,14 @@ export class BenchDb {
                 max(finished_at) AS last FROM batch_domain`);
       const r = rows[0]!;
       if (r.total >= expected && r.open === 0) return r.last!.getTime();
-      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s: ${r.open} of ${r.total} domains still open`);
+      if (Date.now() > deadline) {
+        // What the open ones look like says where they got stuck (never published, claimed and left, retrying).
+        const { rows: open } = await this.db.query(
+          `SELECT d.message_id, d.domain, d.status, d.attempts, d.claimed_by, d.claimed_until, d.updated_at, b.publish_pending, b.publish_error,
+                  b.published_at, b.relayed_at, (SELECT count(*)::int FROM domain_attempt a WHERE a.message_id = d.message_id AND a.domain = d.domain) AS attempt_rows
+           FROM batch_domain d JOIN batch b USING (message_id) WHERE d.status IN ${OPEN} LIMIT 3`);
+        throw new Error(`timed out after ${timeoutMs / 1000} s: ${r.open} of ${r.total} domains still open, e.g. ${JSON.stringify(open)}`);
+      }
       await sleep(pollMs);
     }
   }
