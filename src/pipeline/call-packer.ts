@@ -23,6 +23,7 @@
  * entries held but not yet claimed fill a call for every free slot, one ready chunk and one in reserve.
  */
 import { randomUUID } from 'node:crypto';
+import DataLoader from 'dataloader';
 import type { LimitFunction } from 'p-limit';
 import {
   BadCredentialsError, SecplatRejectedError, SecplatRetryableError, TokenRejectedError, TokenUnavailableError, UnrecoverableJobError, toAppError,
@@ -81,6 +82,11 @@ export class CallPacker implements JobDemand {
   private wake: (() => void) | undefined;
   private readonly sizes: number[] = [];
   private readonly listeners: (() => void)[] = [];
+  /** Jobs delivered together are counted by one query (one round trip for a burst of 1-domain jobs). */
+  private readonly claimable = new DataLoader<string, number | undefined>(async (ids) => {
+    const open = await countClaimable(this.deps.db, ids);
+    return ids.map((id) => open.get(id));
+  }, { cache: false, maxBatchSize: 500 });
 
   constructor(private readonly deps: ProcessDeps) {
     deps.signal.addEventListener('abort', () => {
@@ -100,7 +106,7 @@ export class CallPacker implements JobDemand {
     const pass = new Pass(this.deps, this.nextSeq++, messageId, `${this.deps.config.instanceId}#${randomUUID().slice(0, 8)}`, trigger, log);
     this.passes.push(pass);
     try {
-      const open = await countClaimable(this.deps.db, messageId);
+      const open = await this.claimable.load(messageId);
       if (open === undefined) throw new UnrecoverableJobError(`no batch ${messageId} in the ledger`);
       pass.claimable = open;
       pass.exhausted = open === 0;

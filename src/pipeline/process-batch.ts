@@ -5,6 +5,7 @@
  * with that job (ack, retry tier, park, requeue).
  */
 import type { ConsumeMessage } from 'amqplib';
+import DataLoader from 'dataloader';
 import type { LimitFunction } from 'p-limit';
 import { DependencyUnavailableError, TokenUnavailableError, UnrecoverableJobError, toAppError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
@@ -15,7 +16,7 @@ import type { TokenManager } from '../token/token-manager.js';
 import { isTransientDbError, type Db } from '../store/db.js';
 import { raiseAlarm } from '../store/alarms.js';
 import { resolveRecoveredBatchAlarms } from '../store/alarm-lifecycle.js';
-import { countByStatus, failOpenDomains, listFailures, type StatusCounts } from '../store/ledger.js';
+import { batchProgress, countByStatus, failOpenDomains, listFailures, type BatchProgress, type StatusCounts } from '../store/ledger.js';
 import { CallPacker, type PassResult } from './call-packer.js';
 import { MESSAGE_ID } from './callback-input.js';
 
@@ -61,6 +62,11 @@ export function parseJob(content: Buffer): Job {
  */
 export function createJobHandler(deps: ProcessDeps): JobHandler {
   const packer = new CallPacker(deps);
+  // Jobs whose passes end together (the jobs of one call) read their batches' progress in one round trip.
+  const progress: ProgressLoader = new DataLoader(async (ids) => {
+    const found = await batchProgress(deps.db, ids);
+    return ids.map((id) => found.get(id)!);
+  }, { cache: false, maxBatchSize: 500 });
   const handle = async (msg: ConsumeMessage): Promise<Disposition> => {
     let job: Job;
     try {
@@ -77,7 +83,7 @@ export function createJobHandler(deps: ProcessDeps): JobHandler {
       return parkBatch(deps, job.messageId, `delivered ${deliveries + 1} times without finishing`, log);
     }
     try {
-      const run = await processBatch(deps, packer, job.messageId, log, trigger);
+      const run = await processBatch(deps, packer, progress, job.messageId, log, trigger);
       // Domains another worker holds are its business; if it dies, the relay's stalled sweep re-publishes
       // the batch once their lease has run out.
       const open = run.counts.retryable + run.counts.pending;
@@ -159,10 +165,12 @@ async function alarmBatchFailures(db: Db, messageId: string, counts: StatusCount
  * then reads the batch's counts and raises or resolves its alarms. Safe to run again at any time, and by
  * two workers at once: finished domains are skipped and each domain is claimed with a lease before its call.
  */
-async function processBatch(deps: ProcessDeps, packer: CallPacker, messageId: string, log: Logger, trigger: JobTrigger): Promise<BatchRunResult> {
+type ProgressLoader = DataLoader<string, BatchProgress>;
+
+async function processBatch(deps: ProcessDeps, packer: CallPacker, progress: ProgressLoader, messageId: string, log: Logger, trigger: JobTrigger): Promise<BatchRunResult> {
   const { db } = deps;
   const run: PassResult = await packer.run(messageId, log, trigger);
-  const counts = (await countByStatus(db, [messageId])).get(messageId)!;
+  const { counts, selfResolvingAlarm } = await progress.load(messageId);
   if (run.tokenRejected) {
     await raiseAlarm(db, {
       messageId, type: 'TOKEN_REJECTED', content: 'security platform kept rejecting freshly fetched tokens (401); domains left retryable',
@@ -173,7 +181,7 @@ async function processBatch(deps: ProcessDeps, packer: CallPacker, messageId: st
   const finished = counts.pending + counts.retryable + counts.in_progress + counts.awaiting_pipeline === 0;
   if (run.claimed > 0 && finished) await alarmBatchFailures(db, messageId, counts, 'batch finished');
   // Also on a pass that claimed nothing: if resolving failed last time (the job was retried), it happens now.
-  if (finished && counts.failed + counts.unknown_domain === 0) await resolveRecoveredBatchAlarms(db, messageId);
+  if (finished && counts.failed + counts.unknown_domain === 0 && selfResolvingAlarm) await resolveRecoveredBatchAlarms(db, messageId);
   log.info('batch pass finished', { claimed: run.claimed, counts });
   return { claimed: run.claimed, counts, interrupted: run.interrupted, blocked: run.blocked };
 }

@@ -3,6 +3,7 @@
  * through here, so "what happened to domain X of message Y" always has one answer.
  */
 import type { JobTrigger } from '../messaging/broker.js';
+import { SELF_RESOLVING_TYPES } from './alarm-lifecycle.js';
 import { alarmTag } from './alarms.js';
 import type { Db, Queryable } from './db.js';
 import { withTransaction } from './db.js';
@@ -382,6 +383,25 @@ export async function countByStatus(db: Queryable, messageIds: string[]): Promis
   return out;
 }
 
+/** A batch after a pass: its counts, and whether it has an open alarm that resolves itself once it succeeds. */
+export interface BatchProgress { counts: StatusCounts; selfResolvingAlarm: boolean }
+
+/**
+ * countByStatus, plus whether each batch has an alarm resolveRecoveredBatchAlarms would resolve (so a batch
+ * that never had one costs no UPDATE), for many batches in one round trip.
+ */
+export async function batchProgress(db: Queryable, messageIds: readonly string[]): Promise<Map<string, BatchProgress>> {
+  const { rows } = await db.query<{ messageId: string; counts: Partial<StatusCounts>; selfResolvingAlarm: boolean }>(
+    `SELECT m AS "messageId",
+            (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*)::int AS n FROM batch_domain WHERE message_id = m GROUP BY status) s) AS counts,
+            EXISTS (SELECT 1 FROM sys_task_process_alarm a
+                    WHERE coalesce(a.message_id, '') = m AND a.alarm_type = ANY($2) AND a.state <> 'resolved') AS "selfResolvingAlarm"
+     FROM unnest($1::text[]) m`,
+    [messageIds, SELF_RESOLVING_TYPES],
+  );
+  return new Map(rows.map((r) => [r.messageId, { counts: { ...emptyCounts(), ...r.counts }, selfResolvingAlarm: r.selfResolvingAlarm }]));
+}
+
 export function emptyCounts(): StatusCounts {
   return Object.fromEntries(DOMAIN_STATUSES.map((s) => [s, 0])) as StatusCounts;
 }
@@ -450,17 +470,19 @@ export async function claimAcross(
 }
 
 /**
- * Open domains of a batch that a claim could take now (pending, retryable, or in progress past their lease);
- * undefined when there is no such batch. The packer's estimate of how much work a job brings.
+ * Open domains of each batch that a claim could take now (pending, retryable, or in progress past their
+ * lease); a batch that does not exist is missing from the map. The packer's estimate of how much work a job
+ * brings, read for all the jobs that arrived together in one round trip.
  */
-export async function countClaimable(db: Queryable, messageId: string): Promise<number | undefined> {
-  const { rows } = await db.query<{ n: number }>(
-    `SELECT (SELECT count(*)::int FROM batch_domain
-             WHERE message_id = $1 AND (status IN ('pending', 'retryable') OR (status = 'in_progress' AND claimed_until < now()))) AS n
-     FROM batch WHERE message_id = $1`,
-    [messageId],
+export async function countClaimable(db: Queryable, messageIds: readonly string[]): Promise<Map<string, number>> {
+  const { rows } = await db.query<{ messageId: string; n: number }>(
+    `SELECT b.message_id AS "messageId",
+            (SELECT count(*)::int FROM batch_domain d
+             WHERE d.message_id = b.message_id AND (d.status IN ('pending', 'retryable') OR (d.status = 'in_progress' AND d.claimed_until < now()))) AS n
+     FROM batch b WHERE b.message_id = ANY($1)`,
+    [messageIds],
   );
-  return rows[0]?.n;
+  return new Map(rows.map((r) => [r.messageId, r.n]));
 }
 
 /** A claimed domain about to be sent: its batch, the claim token of the pass holding it, and its user_id_cdn. */

@@ -215,17 +215,23 @@ describe('calls filled across jobs', function () {
     await cleanupNames(env);
   });
 
-  it('when several one-domain callbacks are held by one worker, then they go out in one call, and each batch is settled and its job acked on its own', async () => {
-    const { url } = await start({ SECPLAT_BATCH_SIZE: '10' });
+  it('when several one-domain callbacks are held by one worker, then they go out in one call, each batch is settled and its job acked on its own, and their progress is read in one round trip', async () => {
+    const { url, statements } = await start({ SECPLAT_BATCH_SIZE: '10' });
     const first = await post(url, 1);
     await waitFor('the first call held at the gate', async () => gate.held === 1);
     const small: Batch[] = [];
     for (let i = 0; i < 5; i++) small.push(await post(url, 1));
     await waitFor('the five claimed for the next call', async () => (await inProgress(small.map((b) => b.id))) === 5);
 
+    const from = statements.length;
     gate.open();
     await waitFor('all six batches succeeded', () => allSucceeded([first, ...small]));
     expect(gate.calls.map((c) => c.slice().sort()), 'entries of each call').to.deep.equal([[uid(first.domains[0]!)], small.map((b) => uid(b.domains[0]!)).sort()]);
+    await waitFor('every job decided', async () => dispositions.length === 6);
+    // After each call: the counts of its jobs' batches in one statement (no alarm to resolve, so no UPDATE),
+    // not a count and an alarm UPDATE per job.
+    const bookkeeping = statements.slice(from).filter((x) => /GROUP BY (message_id, )?status|resolved_by = 'system'/.test(x.text));
+    expect(bookkeeping.map((x) => x.text.slice(0, 40)), 'statements reading progress or resolving alarms').to.have.length(2);
     const stats = sim.stats();
     expect([stats.deleteCalls, stats.entriesReceived], 'calls and entries the simulator received').to.deep.equal([2, 6]);
     expect(Math.max(...Object.values(stats.deletedCounts))).to.equal(1);
