@@ -80,6 +80,16 @@ export class BenchDb {
     }
   }
 
+  /** A few domains that did not end succeeded, with their attempts: why a run lost some. */
+  async notSucceeded(limit = 3): Promise<unknown[]> {
+    const { rows } = await this.db.query(
+      `SELECT d.message_id, d.domain, d.status, d.detail, d.attempts,
+              (SELECT json_agg(json_build_object('at', a.attempted_at, 'by', a.instance_id, 'trigger', a.trigger, 'http', a.http_status, 'outcome', a.outcome, 'reason', a.reason)
+                       ORDER BY a.attempted_at) FROM domain_attempt a WHERE a.message_id = d.message_id AND a.domain = d.domain) AS attempt_rows
+       FROM batch_domain d WHERE d.status <> 'succeeded' LIMIT $1`, [limit]);
+    return rows;
+  }
+
   /** Domains in a final status. */
   async finishedCount(): Promise<number> {
     const { rows } = await this.db.query<{ done: number }>(

@@ -83,7 +83,7 @@ export function scenarioRunner(d: ScenarioDeps): BenchContext['scenario'] {
     } finally {
       const stops = await Promise.all(procs.map((p) => p.stop(10_000)));
       procs.forEach((p, i) => d.notes.push({
-        scenario: name, process: p.name, warnLines: p.counts.warn, errorLines: p.counts.error,
+        scenario: name, process: p.name, warnLines: p.counts.warn, errorLines: p.counts.error, firstErrors: p.firstErrors,
         stopMs: stops[i]!.ms, killed: stops[i]!.killed, exitCode: stops[i]!.code,
       }));
       await cleanupNames(env, { rabbitmqUrl: d.base.rabbitmqUrl, redisUrl: d.base.redisUrl })

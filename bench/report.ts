@@ -39,7 +39,8 @@ function processesLine(processes: ProcNote[]): string {
   const noisy = processes.filter((p) => p.errorLines > 0 || p.killed || p.exitCode !== 0);
   return noisy.length === 0
     ? `PROCESSES  ${processes.length} service processes, all stopped cleanly on SIGTERM (exit 0), no error log lines`
-    : `PROCESSES  ${noisy.map((p) => `${p.scenario}/${p.process}: exit ${String(p.exitCode)}${p.killed ? ' (SIGKILLed after 10 s)' : ''}, ${p.errorLines} error lines, stop ${p.stopMs} ms`).join('; ')}`;
+    : `PROCESSES  ${noisy.map((p) => `${p.scenario}/${p.process}: exit ${String(p.exitCode)}${p.killed ? ' (SIGKILLed after 10 s)' : ''}, ${p.errorLines} error lines, stop ${p.stopMs} ms`
+      + `${p.firstErrors.length > 0 ? `; first: ${p.firstErrors.join(' | ')}` : ''}`).join('; ')}`;
 }
 
 /** The printed report: header, one block per section that ran (in section order), processes. */

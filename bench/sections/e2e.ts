@@ -94,6 +94,8 @@ export async function runE2e(ctx: BenchContext, workers: number, batchSize: numb
     await postCallbacks(api.url, ctx.callbackToken, w.bodies, postConcurrency(workload.sizes));
     const last = await ctx.bench.waitDone(w.domains.length, Math.max(120_000, expectedSec * 5000));
     const cpu1 = { machine: machineCpu(), workers: workerCpu() };
+    const lost = await ctx.bench.notSucceeded();
+    if (lost.length > 0) ctx.log(`e2e: domains not succeeded, e.g. ${JSON.stringify(lost)}`);
     return figures(ctx, {
       workload: workload.name, callbackSizes: workload.sizes, workers, batchSize, concurrency, callbacks, domains: w.domains.length, t0, last, wallMs: Date.now() - t0,
       machinePct: busyShare(cpu0.machine, cpu1.machine) * 100, workerCpuMs: cpu1.workers - cpu0.workers,
