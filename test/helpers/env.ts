@@ -45,6 +45,23 @@ export function testEnv(overrides: Record<string, string> = {}): Record<string, 
   };
 }
 
+/** A statement as it reached PostgreSQL: its text and the pooled connection that ran it. */
+export interface Statement { client: pg.PoolClient; text: string }
+
+/** Records every statement run on `pool`'s connections made from now on: pool.query and transactions alike, one per round trip. */
+export function recordStatements(pool: pg.Pool): Statement[] {
+  const seen: Statement[] = [];
+  pool.on('connect', (client) => {
+    const original = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const first = args[0];
+      seen.push({ client, text: typeof first === 'string' ? first : ((first as { text?: string } | undefined)?.text ?? '') });
+      return original(...args);
+    };
+  });
+  return seen;
+}
+
 export function testConfig(env: Record<string, string>): Config {
   return loadConfig({}, env);
 }

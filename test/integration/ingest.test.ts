@@ -18,30 +18,15 @@ import { acceptCallback } from '../../src/pipeline/accept-callback.js';
 import { IngestBatcher } from '../../src/pipeline/ingest-batcher.js';
 import type { IncomingItem } from '../../src/store/ledger.js';
 import {
-  RABBITMQ_URL, callbackBody, captureLogger, cleanupNames, domainsFor, messageId, postCallback, queueDepth, testConfig,
-  testDb, testEnv, waitFor,
+  RABBITMQ_URL, callbackBody, captureLogger, cleanupNames, domainsFor, messageId, postCallback, queueDepth, recordStatements,
+  testConfig, testDb, testEnv, waitFor, type Statement,
 } from '../helpers/env.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 type Service = Awaited<ReturnType<typeof startService>>;
 
-/** Records the text of every statement `pool` sends, from connections made after this call. */
-function countStatements(pool: pg.Pool): string[] {
-  const texts: string[] = [];
-  pool.on('connect', (client) => {
-    const original = client.query.bind(client) as (...args: unknown[]) => unknown;
-    // Wrapped per connection: pool.query and withTransaction both end up here, one call per round trip.
-    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const first = args[0];
-      texts.push(typeof first === 'string' ? first : ((first as { text?: string } | undefined)?.text ?? ''));
-      return original(...args);
-    };
-  });
-  return texts;
-}
-
-const isIngest = (sql: string) => sql.includes('INSERT INTO callback_audit');
-const isFlagClear = (sql: string) => /UPDATE batch b SET publish_pending = false/.test(sql);
+const isIngest = (s: Statement) => s.text.includes('INSERT INTO callback_audit');
+const isFlagClear = (s: Statement) => /UPDATE batch b SET publish_pending = false/.test(s.text);
 
 /** The messageIds of the jobs waiting in this test's jobs queue (taken off it). */
 async function jobsOnQueue(env: Record<string, string>): Promise<string[]> {
@@ -71,13 +56,13 @@ describe('ingest: one round trip, one commit', function () {
   let cleanups: (() => Promise<void>)[] = [];
 
   /** Starts the service in-process on `env`, counting its pool's statements. */
-  async function start(overrides: Record<string, string> = {}): Promise<{ svc: Service; url: string; ctx: AppContext; statements: string[]; env: Record<string, string> }> {
+  async function start(overrides: Record<string, string> = {}): Promise<{ svc: Service; url: string; ctx: AppContext; statements: Statement[]; env: Record<string, string> }> {
     const env = testEnv({ ROLE: 'api', ...overrides });
     // A second host (or a restart) may share the first one's names; they are cleaned up once.
     if (!envs.some((e) => e.AMQP_PREFIX === env.AMQP_PREFIX)) envs.push(env);
     const config = testConfig(env);
     const ctx = createContext(config, { logger: captureLogger('warn').logger });
-    const statements = countStatements(ctx.db);
+    const statements = recordStatements(ctx.db);
     const svc = await startService(config, ctx);
     services.push(svc);
     return { svc, url: `http://127.0.0.1:${svc.port}`, ctx, statements, env };
@@ -122,7 +107,7 @@ describe('ingest: one round trip, one commit', function () {
     const before = statements.length;
     const result = await acceptCallback(ctx, body, '127.0.0.1');
     const beforeReply = statements.slice(before);
-    expect(beforeReply, beforeReply.map((s) => s.slice(0, 60)).join(' | ')).to.have.length(1);
+    expect(beforeReply, beforeReply.map((s) => s.text.slice(0, 60)).join(' | ')).to.have.length(1);
     expect(isIngest(beforeReply[0]!)).to.equal(true);
     expect(result).to.deep.include({ messageId: id, added: 50, known: 0 });
     // The reply does not wait for the broker's confirm; the confirm still comes, and the flag waits for it.
@@ -136,7 +121,7 @@ describe('ingest: one round trip, one commit', function () {
     await waitFor('the publish flag cleared', async () => (await batchRow(id))?.publish_pending === false, 5000);
     const after = statements.slice(before);
     expect(after.filter(isFlagClear)).to.have.length(1);
-    expect(after.some((s) => /^\s*(BEGIN|COMMIT)/i.test(s))).to.equal(false);
+    expect(after.some((s) => /^\s*(BEGIN|COMMIT)/i.test(s.text))).to.equal(false);
     expect((await batchRow(id))!.published_at).to.be.instanceOf(Date);
   });
 
@@ -160,7 +145,7 @@ describe('ingest: one round trip, one commit', function () {
   it('when 20 callbacks are recorded while a statement is in flight, then they share the next statement and each resolves once it committed', async () => {
     const pool = testDb();
     cleanups.push(() => pool.end());
-    const statements = countStatements(pool);
+    const statements = recordStatements(pool);
     const batcher = new IngestBatcher({ db: pool, logger: captureLogger('warn').logger }, 1);
     const ids = Array.from({ length: 21 }, () => messageId());
     const seenAtResolve: number[] = [];

@@ -21,27 +21,10 @@ import { listAttempts } from '../../src/store/attempts.js';
 import { claimDomains } from '../../src/store/ledger.js';
 import {
   RABBITMQ_URL, SECPLAT_PASSWORD, callbackBody, captureLogger, cleanupNames, domainsFor, messageId, postCallback, queueDepth,
-  seedInventory, statusCounts, testConfig, testDb, testEnv, waitFor,
+  recordStatements, seedInventory, statusCounts, testConfig, testDb, testEnv, waitFor, type Statement,
 } from '../helpers/env.js';
 
 const uid = (d: string) => `uid-${d}`;
-
-/** A statement as it reached PostgreSQL: its text and the pooled connection that ran it. */
-interface Statement { client: pg.PoolClient; text: string }
-
-/** Records every statement run on `pool`'s connections from now on (pool.query and transactions alike). */
-function recordStatements(pool: pg.Pool): Statement[] {
-  const seen: Statement[] = [];
-  pool.on('connect', (client) => {
-    const original = client.query.bind(client) as (...args: unknown[]) => unknown;
-    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const first = args[0];
-      seen.push({ client, text: typeof first === 'string' ? first : ((first as { text?: string } | undefined)?.text ?? '') });
-      return original(...args);
-    };
-  });
-  return seen;
-}
 
 /** A callback as posted: its messageId and domains. */
 interface Batch { id: string; domains: string[] }
