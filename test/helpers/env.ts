@@ -106,17 +106,21 @@ export async function cleanupNames(
   }
   const redis = new Redis(urls.redisUrl ?? REDIS_URL);
   try {
-    // SCAN, never KEYS: KEYS blocks a shared Redis for as long as it walks the whole keyspace.
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${env.REDIS_KEY_PREFIX}:*`, 'COUNT', 500);
-      if (keys.length) await redis.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    await deleteRedisKeys(redis, env.REDIS_KEY_PREFIX!);
   } finally {
     redis.disconnect();
   }
   if (failures.length) throw new Error(`cleanup of ${env.AMQP_PREFIX} left names behind: ${failures.join('; ')}`);
+}
+
+/** Deletes every key under `prefix:`; SCAN, never KEYS: KEYS blocks a shared Redis while it walks the whole keyspace. */
+export async function deleteRedisKeys(redis: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
+    if (keys.length) await redis.del(...keys);
+    cursor = next;
+  } while (cursor !== '0');
 }
 
 /** Messages waiting in a queue of this test's topology. */

@@ -17,7 +17,7 @@ import { createContext, type AppContext } from '../../src/context.js';
 import { DependencyUnavailableError } from '../../src/lib/errors.js';
 import { createSimulator, type Simulator } from '../../src/simulator/server.js';
 import { utcDay } from '../../src/token/token-watch.js';
-import { REDIS_URL, SECPLAT_PASSWORD, captureLogger, testConfig, testDb, testEnv } from '../helpers/env.js';
+import { REDIS_URL, SECPLAT_PASSWORD, captureLogger, deleteRedisKeys, testConfig, testDb, testEnv } from '../helpers/env.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CONTENTION_TEXT = 'another client, likely another environment, is fetching tokens with these credentials';
@@ -89,12 +89,7 @@ describe('token watch', function () {
 
   afterEach(async () => {
     for (const h of hosts.splice(0)) await h.release();
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${env.REDIS_KEY_PREFIX}:*`, 'COUNT', 500);
-      if (keys.length) await redis.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    await deleteRedisKeys(redis, env.REDIS_KEY_PREFIX!);
     redis.disconnect();
     await sim.stop();
   });
