@@ -6,6 +6,9 @@ import { createProgram, integer } from '../scripts/cli.js';
 
 export const SECTIONS = ['ingest', 'e2e', 'token', 'baseline', 'memory', 'history'] as const;
 export type SectionName = (typeof SECTIONS)[number];
+/** End-to-end workloads, by the name the table gives them (bench/sections/e2e.ts). */
+export const E2E_WORKLOAD_NAMES = ['50-domain', 'seed mix', '1-domain'] as const;
+export type E2eWorkloadName = (typeof E2E_WORKLOAD_NAMES)[number];
 
 const intList = (value: string): number[] => {
   const list = value.split(',').map((v) => Number(v.trim()));
@@ -18,6 +21,12 @@ const sectionList = (value: string): SectionName[] => {
   if (bad.length) throw new InvalidArgumentError(`unknown section(s) ${bad.join(', ')}; choose from ${SECTIONS.join(', ')}.`);
   return list as SectionName[];
 };
+const workloadList = (value: string): E2eWorkloadName[] => {
+  const list = value.split(',').map((v) => v.trim());
+  const bad = list.filter((w) => !(E2E_WORKLOAD_NAMES as readonly string[]).includes(w));
+  if (bad.length) throw new InvalidArgumentError(`unknown workload(s) ${bad.join(', ')}; choose from ${E2E_WORKLOAD_NAMES.join(', ')}.`);
+  return list as E2eWorkloadName[];
+};
 
 export const program = createProgram('bench', 'Measures ingest, end-to-end throughput, token economy, a seed-style baseline, worker memory and the cost of operator and relay reads as history grows; prints tables and writes bench/results/<timestamp>.json.')
   .option('--quick', 'a short run (a few minutes): shorter windows, fewer callbacks, fewer token runs, 10k-domain memory run, 100k-row history', false)
@@ -26,6 +35,7 @@ export const program = createProgram('bench', 'Measures ingest, end-to-end throu
   .option('--ingest-concurrency <n>', 'requests (and ceiling transactions) in flight during ingest', integer(1, 512), 8)
   .option('--latency <ms>', 'simulated security-platform latency per delete call (e2e, token, baseline)', integer(1, 10_000), 400)
   .addOption(new Option('--workers <list>', 'worker process counts for end to end').argParser(intList).default([1, 2, 4], '1,2,4'))
+  .option('--e2e-workloads <names>', `end to end: run only these workloads (comma-separated: ${E2E_WORKLOAD_NAMES.join(', ')})`, workloadList)
   .option('--callbacks-per-worker <k>', 'end to end: K = this × workers; each workload (50-domain, seed mix, 1-domain callbacks) carries K × 50 domains (default 100, quick 10)', integer(1, 100_000))
   .option('--token-workers <list>', 'worker process counts for the token economy (default 1,2,4,8; quick 1,4)', intList)
   .option('--token-seconds <s>', 'how long callbacks keep arriving in each token run (default 30, quick 10)', integer(5, 600))
@@ -36,7 +46,7 @@ export const program = createProgram('bench', 'Measures ingest, end-to-end throu
   .addHelpText('after', '\nSections run in the order listed above. Figures are measurements, never pass/fail: exit 0 when the bench ran, 1 when it could not, 2 on a usage error.');
 
 interface Options {
-  quick: boolean; only?: SectionName[]; ingestSeconds?: number; ingestConcurrency: number; latency: number; workers: number[];
+  quick: boolean; only?: SectionName[]; ingestSeconds?: number; ingestConcurrency: number; latency: number; workers: number[]; e2eWorkloads?: E2eWorkloadName[];
   callbacksPerWorker?: number; tokenWorkers?: number[]; tokenSeconds?: number; memoryDomains?: number;
   history?: number; historySamples?: number; out: string;
 }
@@ -55,6 +65,7 @@ export function makePlan(opts: Options) {
     ingestConcurrency: opts.ingestConcurrency,
     latencyMs: opts.latency,
     workers: opts.workers,
+    e2eWorkloads: opts.e2eWorkloads ?? [...E2E_WORKLOAD_NAMES],
     callbacksPerWorker: opts.callbacksPerWorker ?? (q ? 10 : 100),
     tokenWorkers: opts.tokenWorkers ?? (q ? [1, 4] : [1, 2, 4, 8]),
     tokenSeconds: opts.tokenSeconds ?? (q ? 10 : 30),

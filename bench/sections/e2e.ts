@@ -14,6 +14,7 @@
 import type { SimulatorStats } from '../../src/simulator/server.js';
 import { formatTable } from '../../scripts/cli.js';
 import { seedInventory } from '../../test/helpers/env.js';
+import type { E2eWorkloadName } from '../options.js';
 import { deletedTwice, resetSimulator, type BenchContext, type BenchSection } from '../context.js';
 import { busyShare, cpuMs, machineCpu } from '../proc-stats.js';
 import { errorCell, num, pct } from '../report.js';
@@ -24,8 +25,7 @@ export const E2E_WORKLOADS = [
   { name: '50-domain', sizes: [DOMAINS_PER_CALLBACK], ceiling: false },
   { name: 'seed mix', sizes: [...SEED_MIX], ceiling: false },
   { name: '1-domain', sizes: [1], ceiling: true },
-] as const satisfies readonly { name: string; sizes: readonly number[]; ceiling: boolean }[];
-export type E2eWorkloadName = (typeof E2E_WORKLOADS)[number]['name'];
+] as const satisfies readonly { name: E2eWorkloadName; sizes: readonly number[]; ceiling: boolean }[];
 
 /** Calls in flight per worker for a ceiling run: enough that the machine, not the calls, is the bound. */
 const CEILING_CONCURRENCY = 16;
@@ -111,7 +111,7 @@ async function run(ctx: BenchContext): Promise<E2eResult> {
   for (const workers of plan.workers) {
     // Every workload carries (about) the domains of the 50-domain run: K × 50.
     const domains = plan.callbacksPerWorker * workers * DOMAINS_PER_CALLBACK;
-    for (const wl of E2E_WORKLOADS) {
+    for (const wl of E2E_WORKLOADS.filter((x) => plan.e2eWorkloads.includes(x.name))) {
       const callbacks = callbacksFor(domains, wl.sizes);
       ctx.log(`e2e: ${wl.name}, ${workers} worker(s), batch ${batch}, ${callbacks} callbacks of ${wl.sizes.join('/')} domains, ${plan.latencyMs} ms per call`);
       try {
