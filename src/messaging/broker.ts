@@ -6,9 +6,12 @@
  * How many jobs a worker holds adapts to what it needs to fill its calls (JobDemand), within AMQP_PREFETCH.
  * A quorum queue applies a prefetch change only to consumers started after it (and has no channel-wide
  * "global" prefetch), so the credit is a number of consumers instead: each takes one job at a time
- * (prefetch 1), more are opened while the worker wants more jobs, and an idle one, or one whose job just
- * ended, is cancelled while it holds more than it needs. A cancelled consumer's unacked job stays on the
- * channel and is still acked or nacked as usual.
+ * (prefetch 1), one more is opened while the worker wants another job, and one whose job just ended is cancelled
+ * (before the ack) while the worker holds more than it needs. A cancelled consumer's unacked job stays on
+ * the channel and is still acked or nacked as usual. An idle consumer is never cancelled: a job may be on its
+ * way to it, and a quorum queue takes such a job back as a failed delivery, so jobs came back redelivered
+ * and, after AMQP_DELIVERY_LIMIT of those, went to the parked queue unseen. A consumer holding its one job
+ * has nothing on its way (prefetch 1), so cancelling it is safe.
  */
 import { randomUUID } from 'node:crypto';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Message } from 'amqplib';
@@ -34,12 +37,12 @@ export type Disposition =
   | { action: 'requeue' };                          // give it back now (counts toward the delivery limit)
 
 /**
- * How many jobs a consumer wants (the call packer, src/pipeline/call-packer.ts). The broker asks for `more`
- * (that many consumers wait for a delivery) and, while `surplus`, closes the consumer of a job that ended
- * instead of letting it take the next one. AMQP_PREFETCH bounds the jobs held either way.
+ * Whether a worker wants jobs (the call packer, src/pipeline/call-packer.ts). While it wants `another`, one
+ * consumer waits for a delivery; while `surplus`, the consumer of a job that ended is closed instead of
+ * taking the next one. AMQP_PREFETCH bounds the jobs held either way.
  */
 export interface JobDemand {
-  wanted(): { more: number; surplus: boolean };
+  wanted(): { another: boolean; surplus: boolean };
   /** Calls `listener` whenever `wanted()` may have changed. */
   onChange(listener: () => void): void;
 }
@@ -277,8 +280,10 @@ interface ConsumerPoolOptions {
 
 /**
  * The consumers of one channel, each holding at most one job (prefetch 1): the number of jobs a worker
- * holds is the number of its consumers, kept between 1 and AMQP_PREFETCH by its JobDemand. Adjustments run
- * one at a time, after the current turn, so a burst of deliveries or demand changes makes one adjustment.
+ * holds is the number of its consumers, kept between 1 and AMQP_PREFETCH by its JobDemand. Consumers are
+ * opened as the demand asks and closed only when their job ends (beforeSettle), never while idle (see the
+ * module comment). Adjustments run one at a time, after the current turn, so a burst of deliveries or
+ * demand changes makes one adjustment.
  */
 class ConsumerPool {
   /** By consumer tag: jobs it holds (0 or 1), and whether it is being cancelled. */
@@ -322,10 +327,13 @@ class ConsumerPool {
     });
   }
 
-  /** Its job is done: unless this process holds more than it needs, the consumer takes the next one. */
+  /**
+   * Its job is done: unless this process holds more than it needs, the consumer takes the next one. Called
+   * before the ack, while the consumer still holds its job, so no delivery can be on its way to it.
+   */
   async beforeSettle(tag: string): Promise<void> {
     const c = this.consumers.get(tag);
-    if (!c || c.closing || this.closed || !this.o.demand?.wanted().surplus || this.open() <= 1) return;
+    if (!c || c.closing || this.closed || !this.o.demand?.wanted().surplus || this.staying() <= 1) return;
     c.closing = true;
     await this.o.channel.cancel(tag).catch(() => undefined);
   }
@@ -339,7 +347,10 @@ class ConsumerPool {
     this.reconcile();
   }
 
-  /** Stops every consumer (shutdown); jobs held keep running and are settled as usual. */
+  /**
+   * Stops every consumer (shutdown); jobs held keep running and are settled as usual. A job on its way to an
+   * idle one goes back to the queue counted as a delivery, as it would with the channel's close.
+   */
   async cancelAll(): Promise<void> {
     this.closed = true;
     const tags = [...this.consumers].filter(([, c]) => !c.closing).map(([tag]) => tag);
@@ -359,25 +370,25 @@ class ConsumerPool {
     return n;
   }
 
+  /** Consumers not being cancelled: never fewer than one, so a worker with nothing to do takes the next job. */
+  private staying(): number {
+    let n = this.opening;
+    for (const c of this.consumers.values()) if (!c.closing) n++;
+    return n;
+  }
+
+  /**
+   * Opens a consumer while the demand wants another job and none is waiting for one. One at a time: an idle
+   * consumer is never cancelled, so every one opened takes a job sooner or later, and each delivery (once
+   * the packer knows its size) makes the next adjustment. Without a demand, AMQP_PREFETCH wait at once.
+   */
   private async adjust(): Promise<void> {
     if (this.closed) return;
-    const { more } = this.o.demand?.wanted() ?? { more: this.o.max };
-    const idle = [...this.consumers].filter(([, c]) => !c.closing && c.holding === 0).map(([tag]) => tag);
-    const waiting = idle.length + this.opening;
-    if (waiting < more) {
-      const n = Math.min(more - waiting, this.o.max - this.open());
-      await Promise.all(Array.from({ length: n }, () => this.openOne()));
-    } else if (waiting > more) {
-      // Never below one consumer: a worker with nothing to do still takes the next job.
-      for (const tag of idle.slice(0, waiting - more)) {
-        if (this.open() <= 1) break;
-        const c = this.consumers.get(tag);
-        if (!c || c.closing || c.holding > 0) continue;
-        c.closing = true;
-        await this.o.channel.cancel(tag).catch(() => undefined);
-        if (c.holding === 0) this.consumers.delete(tag);
-      }
-    }
+    const wanted = this.o.demand ? Number(this.o.demand.wanted().another) : this.o.max;
+    let waiting = this.opening;
+    for (const c of this.consumers.values()) if (!c.closing && c.holding === 0) waiting++;
+    const n = Math.min(wanted - waiting, this.o.max - this.open());
+    if (n > 0) await Promise.all(Array.from({ length: n }, () => this.openOne()));
   }
 
   private async openOne(): Promise<void> {

@@ -19,8 +19,8 @@
  * A pass ends once nothing more can be claimed for it and every chunk carrying its domains is settled; its
  * job is then acked, retried or requeued on its own (src/pipeline/process-batch.ts).
  *
- * The packer also says how many more jobs it wants (JobDemand, src/messaging/broker.ts): enough that the
- * entries held but not yet claimed fill a call for every free slot, one ready chunk and one in reserve.
+ * The packer also says whether it wants another job (JobDemand, src/messaging/broker.ts): while the entries
+ * held but not yet claimed cannot fill a call for every free slot, one ready chunk and one in reserve.
  */
 import { randomUUID } from 'node:crypto';
 import DataLoader from 'dataloader';
@@ -62,10 +62,6 @@ type CallRecord = Omit<SentCall, 'instanceId'> & { entries: Entry[] };
 class NotSent extends Error {}
 
 const NOTHING_SENT: DeleteResult = { succeeded: [], failed: [] };
-/** Job sizes remembered for the estimate of how many entries a job still to come brings. */
-const SIZE_SAMPLES = 32;
-/** Jobs whose size must be known before the estimate rests on them alone. */
-const SIZE_PRIOR = 8;
 
 export class CallPacker implements JobDemand {
   /** Passes in arrival order: claims serve the oldest job first, so jobs finish (and are acked) in order. */
@@ -80,7 +76,6 @@ export class CallPacker implements JobDemand {
   private looping = false;
   private poked = false;
   private wake: (() => void) | undefined;
-  private readonly sizes: number[] = [];
   private readonly listeners: (() => void)[] = [];
   /** Jobs delivered together are counted by one query (one round trip for a burst of 1-domain jobs). */
   private readonly claimable = new DataLoader<string, number | undefined>(async (ids) => {
@@ -110,8 +105,6 @@ export class CallPacker implements JobDemand {
       if (open === undefined) throw new UnrecoverableJobError(`no batch ${messageId} in the ledger`);
       pass.claimable = open;
       pass.exhausted = open === 0;
-      this.sizes.push(open);
-      if (this.sizes.length > SIZE_SAMPLES) this.sizes.shift();
     } catch (err) {
       pass.fail(err);
     }
@@ -124,34 +117,29 @@ export class CallPacker implements JobDemand {
   }
 
   /**
-   * Jobs wanted on top of those held: enough that the entries held and not yet claimed fill a call for every
-   * free slot plus the ready chunk and one in reserve. `surplus` once it holds more than twice that, so the
-   * broker lets a finished job's consumer go instead of handing it another.
+   * Whether another job is wanted now: while the entries held and not yet claimed cannot fill a call for
+   * every free slot plus the ready chunk and one in reserve. Not while a job's size is still being read
+   * (one round trip): a consumer opened on a guess takes a job whatever its size, as idle consumers are
+   * never cancelled. `surplus` once it holds more than twice that, so the broker lets a finished job's
+   * consumer go instead of handing it another.
    */
-  wanted(): { more: number; surplus: boolean } {
-    if (this.deps.signal.aborted) return { more: 0, surplus: true };
+  wanted(): { another: boolean; surplus: boolean } {
+    if (this.deps.signal.aborted) return { another: false, surplus: true };
     const { secplatBatchSize } = this.deps.config;
     const freeSlots = Math.max(0, this.deps.secplatLimit.concurrency - this.deps.secplatLimit.activeCount);
     const want = secplatBatchSize * (freeSlots + 2);
-    const perJob = this.estimatePerJob();
     let have = this.ready.length;
-    for (const p of this.passes) if (!p.exhausted && !p.stopped) have += p.claimable ?? perJob;
-    return { more: have < want ? Math.ceil((want - have) / perJob) : 0, surplus: have > 2 * want };
+    let sizing = false;
+    for (const p of this.passes) {
+      if (p.exhausted || p.stopped) continue;
+      if (p.claimable === undefined) sizing = true;
+      else have += p.claimable;
+    }
+    return { another: !sizing && have < want, surplus: have > 2 * want };
   }
 
   onChange(listener: () => void): void {
     this.listeners.push(listener);
-  }
-
-  /**
-   * Mean open entries of recent jobs; at least 1. Until SIZE_PRIOR jobs are known, the missing ones count
-   * as the batch size: a first 1-domain job must not make a worker ask for a hundred jobs at once (it
-   * would hold them all, however big they turn out to be, while other workers run dry).
-   */
-  private estimatePerJob(): number {
-    const known = this.sizes.reduce((a, b) => a + b, 0);
-    const missing = Math.max(0, SIZE_PRIOR - this.sizes.length);
-    return Math.max(1, (known + missing * this.deps.config.secplatBatchSize) / (this.sizes.length + missing));
   }
 
   /** Something changed: wake the dispatcher (starting it if need be) and tell the broker. */
