@@ -6,12 +6,12 @@
  * How many jobs a worker holds adapts to what it needs to fill its calls (JobDemand), within AMQP_PREFETCH.
  * A quorum queue applies a prefetch change only to consumers started after it (and has no channel-wide
  * "global" prefetch), so the credit is a number of consumers instead: each takes one job at a time
- * (prefetch 1), one more is opened while the worker wants another job, and one whose job just ended is cancelled
- * (before the ack) while the worker holds more than it needs. A cancelled consumer's unacked job stays on
- * the channel and is still acked or nacked as usual. An idle consumer is never cancelled: a job may be on its
- * way to it, and a quorum queue takes such a job back as a failed delivery, so jobs came back redelivered
- * and, after AMQP_DELIVERY_LIMIT of those, went to the parked queue unseen. A consumer holding its one job
- * has nothing on its way (prefetch 1), so cancelling it is safe.
+ * (prefetch 1), one more is opened while the worker wants another job, and one whose job just ended is
+ * cancelled (before the ack) while the worker holds more than it needs. A cancelled consumer's unacked job
+ * stays on the channel and is still acked or nacked as usual. An idle consumer is never cancelled: a job
+ * may be on its way to it, and a quorum queue takes such a job back as a failed delivery, so jobs came
+ * back redelivered and, after AMQP_DELIVERY_LIMIT of those, went to the parked queue unseen. A consumer
+ * holding its one job has nothing on its way (prefetch 1), so cancelling it is safe.
  */
 import { randomUUID } from 'node:crypto';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Message } from 'amqplib';

@@ -49,7 +49,7 @@ describe('adaptive consumers on a quorum queue', function () {
       await new Promise((r) => setTimeout(r, Math.random() * 5));
       return { action: 'ack' as const };
     };
-    const t = topologyNames(env.AMQP_PREFIX!, [60_000]);
+    const t = topologyNames(env.AMQP_PREFIX!, env.RETRY_TIERS_MS!.split(',').map(Number));
     // A worker's broker side alone: the handler records each delivery and acks it a few ms later.
     worker = new Broker({
       url: env.RABBITMQ_URL!, topology: t, deliveryLimit: 5, confirmTimeoutMs: 5000, prefetch: 60, logger: captureLogger('warn').logger,
