@@ -471,8 +471,8 @@ export async function claimAcross(
 
 /**
  * Open domains of each batch that a claim could take now (pending, retryable, or in progress past their
- * lease); a batch that does not exist is missing from the map. The packer's estimate of how much work a job
- * brings, read for all the jobs that arrived together in one round trip.
+ * lease); a batch that does not exist is missing from the map. How much work a job brings the packer (which
+ * asks for no further job until it knows), read for all the jobs that arrived together in one round trip.
  */
 export async function countClaimable(db: Queryable, messageIds: readonly string[]): Promise<Map<string, number>> {
   const { rows } = await db.query<{ messageId: string; n: number }>(
