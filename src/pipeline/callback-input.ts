@@ -51,27 +51,35 @@ function unstorable(s: string): string | null {
   return null;
 }
 
+/** Where a value sits in the body: its parent and its key there (the root has neither). */
+interface Place { parent?: Place; key?: string | number }
+
+/** `data[3].reqType`: built only for the one place that is reported (recursion bounded by MAX_DEPTH, checked first). */
+function pathOf(place: Place): string {
+  return place.parent ? childPath(pathOf(place.parent), place.key!) : '';
+}
+
 /**
  * The first string, field name or value, anywhere in the body that PostgreSQL text/jsonb cannot hold (the
  * audit row stores the whole body, so an unknown extra field counts too). Storing it would fail with a
  * 500 that the vendor retries for ever; naming it gives a 400 instead. Iterative, in document order.
  */
 function findUnstorable(root: unknown): string | null {
-  const stack: { value: unknown; path: string; key?: string }[] = [{ value: root, path: '' }];
+  const stack: { value: unknown; place: Place }[] = [{ value: root, place: {} }];
   while (stack.length > 0) {
-    const { value, path, key } = stack.pop()!;
-    const keyProblem = key === undefined ? null : unstorable(key);
-    if (keyProblem) return `${path} ${keyProblem}`;
+    const { value, place } = stack.pop()!;
+    const keyProblem = typeof place.key === 'string' ? unstorable(place.key) : null;
+    if (keyProblem) return `${pathOf(place)} ${keyProblem}`;
     if (typeof value === 'string') {
       const problem = unstorable(value);
-      if (problem) return `${path} ${problem}`;
+      if (problem) return `${pathOf(place)} ${problem}`;
     } else if (Array.isArray(value)) {
-      for (let i = value.length - 1; i >= 0; i--) stack.push({ value: value[i], path: childPath(path, i) });
+      for (let i = value.length - 1; i >= 0; i--) stack.push({ value: value[i], place: { parent: place, key: i } });
     } else if (value && typeof value === 'object') {
       const entries = Object.entries(value);
       for (let i = entries.length - 1; i >= 0; i--) {
         const [k, v] = entries[i]!;
-        stack.push({ value: v, path: childPath(path, k), key: k });
+        stack.push({ value: v, place: { parent: place, key: k } });
       }
     }
   }
@@ -86,9 +94,7 @@ export function normalizeHostname(raw: unknown): string | null {
   if (h.length === 0 || h.length > 253) return null;
   const labels = h.split('.');
   if (labels.length < 2) return null;
-  const [first, ...rest] = labels;
-  if (first !== '*' && !LABEL.test(first!)) return null;
-  if (!rest.every((l) => LABEL.test(l))) return null;
+  for (let i = 0; i < labels.length; i++) if (!(i === 0 && labels[0] === '*') && !LABEL.test(labels[i]!)) return null;
   if (/^\d+$/.test(labels[labels.length - 1]!)) return null; // an IP address is not a domain
   return h;
 }
