@@ -10,11 +10,14 @@ export type SectionName = (typeof SECTIONS)[number];
 export const E2E_WORKLOAD_NAMES = ['50-domain', 'seed mix', '1-domain'] as const;
 export type E2eWorkloadName = (typeof E2E_WORKLOAD_NAMES)[number];
 
-const intList = (value: string): number[] => {
+const intList = (min: number, max: number) => (value: string): number[] => {
   const list = value.split(',').map((v) => Number(v.trim()));
-  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > 16)) throw new InvalidArgumentError('must be a comma-separated list of integers from 1 to 16.');
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < min || n > max)) throw new InvalidArgumentError(`must be a comma-separated list of integers from ${min} to ${max}.`);
   return list;
 };
+const countList = intList(1, 16);
+// The statement-each ceiling holds one connection per callback in flight; PostgreSQL allows 100 by default.
+const MAX_INGEST_CONCURRENCY = 64;
 const sectionList = (value: string): SectionName[] => {
   const list = value.split(',').map((v) => v.trim());
   const bad = list.filter((s) => !(SECTIONS as readonly string[]).includes(s));
@@ -32,12 +35,13 @@ export const program = createProgram('bench', 'Measures ingest, end-to-end throu
   .option('--quick', 'a short run (a few minutes): shorter windows, fewer callbacks, fewer token runs, 10k-domain memory run, 100k-row history', false)
   .option('--only <sections>', `run only these sections (comma-separated: ${SECTIONS.join(', ')})`, sectionList)
   .option('--ingest-seconds <s>', 'measured window of each ingest run (default 15, quick 4)', integer(1, 600))
-  .option('--ingest-concurrency <n>', 'requests (and ceiling transactions) in flight during ingest', integer(1, 512), 8)
+  .addOption(new Option('--ingest-concurrency <list>', `ingest: requests (and ceiling transactions) in flight, each level measured for the API and both ceiling shapes (at most ${MAX_INGEST_CONCURRENCY})`)
+    .argParser(intList(1, MAX_INGEST_CONCURRENCY)).default([8, 32, 64], '8,32,64'))
   .option('--latency <ms>', 'simulated security-platform latency per delete call (e2e, token, baseline)', integer(1, 10_000), 400)
-  .addOption(new Option('--workers <list>', 'worker process counts for end to end').argParser(intList).default([1, 2, 4], '1,2,4'))
+  .addOption(new Option('--workers <list>', 'worker process counts for end to end').argParser(countList).default([1, 2, 4], '1,2,4'))
   .option('--e2e-workloads <names>', `end to end: run only these workloads (comma-separated: ${E2E_WORKLOAD_NAMES.join(', ')})`, workloadList)
   .option('--callbacks-per-worker <k>', 'end to end: K = this × workers; each workload (50-domain, seed mix, 1-domain callbacks) carries K × 50 domains (default 100, quick 10)', integer(1, 100_000))
-  .option('--token-workers <list>', 'worker process counts for the token economy (default 1,2,4,8; quick 1,4)', intList)
+  .option('--token-workers <list>', 'worker process counts for the token economy (default 1,2,4,8; quick 1,4)', countList)
   .option('--token-seconds <s>', 'how long callbacks keep arriving in each token run (default 30, quick 10)', integer(5, 600))
   .option('--memory-domains <n>', 'domains the memory run pushes through one worker (default 100000, quick 10000)', integer(1000, 10_000_000))
   .option('--history <n>', 'history: domain rows preloaded before the second measurement (default 2000000, quick 100000)', integer(1000, 50_000_000))
@@ -46,7 +50,7 @@ export const program = createProgram('bench', 'Measures ingest, end-to-end throu
   .addHelpText('after', '\nSections run in the order listed above. Figures are measurements, never pass/fail: exit 0 when the bench ran, 1 when it could not, 2 on a usage error.');
 
 interface Options {
-  quick: boolean; only?: SectionName[]; ingestSeconds?: number; ingestConcurrency: number; latency: number; workers: number[]; e2eWorkloads?: E2eWorkloadName[];
+  quick: boolean; only?: SectionName[]; ingestSeconds?: number; ingestConcurrency: number[]; latency: number; workers: number[]; e2eWorkloads?: E2eWorkloadName[];
   callbacksPerWorker?: number; tokenWorkers?: number[]; tokenSeconds?: number; memoryDomains?: number;
   history?: number; historySamples?: number; out: string;
 }
@@ -62,7 +66,7 @@ export function makePlan(opts: Options) {
     sections: opts.only ?? [...SECTIONS],
     ingestSeconds: opts.ingestSeconds ?? (q ? 4 : 15),
     ingestWarmupSeconds: q ? 1 : 3,
-    ingestConcurrency: opts.ingestConcurrency,
+    ingestConcurrencies: opts.ingestConcurrency,
     latencyMs: opts.latency,
     workers: opts.workers,
     e2eWorkloads: opts.e2eWorkloads ?? [...E2E_WORKLOAD_NAMES],
