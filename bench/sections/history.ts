@@ -1,8 +1,8 @@
 /**
  * HISTORY: what operators and the relay pay per call as the ledger grows. Times five operations on the
  * (nearly) empty ledger, preloads a realistic history (history-data.ts: loaded, vacuumed, analyzed), and
- * times them again in the same run: a batch report, the alarm list's first page, a domain lookup, the relay's stalled sweep,
- * and a claim on an open batch. Each should stay within 2× of its empty-ledger figure.
+ * times them again in the same run: a batch report, the alarm list's first page, a domain lookup, the
+ * relay's stalled sweep, and a claim on an open batch. Each should stay within 2× of its empty-ledger figure.
  */
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';

@@ -16,15 +16,6 @@ import type { LoadConfig, LoadResult } from '../load.js';
 import { errorCell, num, pct } from '../report.js';
 import { DOMAINS_PER_CALLBACK } from '../workload.js';
 
-type IngestRow = { scenario: string; label: string; error?: string; ceilingShare?: number; stored?: number; storedMatchesAcked?: boolean; publishPending?: number } & Partial<LoadResult>;
-/** A best rate: accepted (or stored) callbacks/s, and the row that reached it. */
-export interface Best { perSec: number; scenario: string; concurrency: number }
-export interface IngestResult {
-  concurrencies: number[]; warmupSeconds: number; seconds: number; domainsPerCallback: number; runs: IngestRow[];
-  /** The API's best (RabbitMQ up, closed loop) and PostgreSQL alone's best, over the levels and shapes. */
-  peak?: Best; ceiling?: Best;
-}
-
 const VARIANTS = {
   api: 'API (ROLE=api), RabbitMQ up',
   'pg-ceiling': 'PostgreSQL alone, a statement each',
@@ -35,6 +26,15 @@ const VARIANTS = {
 type Variant = keyof typeof VARIANTS;
 /** Measured at every concurrency level; the other two once, after them. */
 const SWEPT: readonly Variant[] = ['api', 'pg-ceiling', 'pg-ceiling-grouped'];
+
+type IngestRow = { scenario: Variant; label: string; error?: string; ceilingShare?: number; stored?: number; storedMatchesAcked?: boolean; publishPending?: number } & Partial<LoadResult>;
+/** A best rate: accepted (or stored) callbacks/s, and the row that reached it. */
+export interface Best { perSec: number; scenario: Variant; concurrency: number }
+export interface IngestResult {
+  concurrencies: number[]; warmupSeconds: number; seconds: number; domainsPerCallback: number; runs: IngestRow[];
+  /** The API's best (RabbitMQ up, closed loop) and PostgreSQL alone's best, over the levels and shapes. */
+  peak?: Best; ceiling?: Best;
+}
 
 /** A TCP port on 127.0.0.1 that nothing listens on (taken, then released). */
 async function closedPort(): Promise<number> {
@@ -74,7 +74,7 @@ async function runVariant(ctx: BenchContext, v: Variant, concurrency: number, ra
 
 /** The fastest closed-loop row among these scenarios. */
 function best(rows: IngestRow[], scenarios: readonly Variant[]): Best | undefined {
-  const measured = rows.filter((r) => (scenarios as readonly string[]).includes(r.scenario) && typeof r.perSec === 'number' && !r.ratePerSec);
+  const measured = rows.filter((r) => scenarios.includes(r.scenario) && typeof r.perSec === 'number' && !r.ratePerSec);
   const top = measured.sort((a, b) => b.perSec! - a.perSec!)[0];
   return top && { perSec: top.perSec!, scenario: top.scenario, concurrency: top.concurrency! };
 }
@@ -107,7 +107,7 @@ async function run(ctx: BenchContext): Promise<IngestResult> {
 }
 
 function render(r: IngestResult): string[] {
-  const where = (b: Best) => `${num(b.perSec)}/s (${VARIANTS[b.scenario as Variant]}, ${b.concurrency} in flight)`;
+  const where = (b: Best) => `${num(b.perSec)}/s (${VARIANTS[b.scenario]}, ${b.concurrency} in flight)`;
   const half = r.runs.find((x) => x.scenario === 'api-half-rate' && !x.error);
   return [
     `INGEST  (fifty-domain callbacks; the API and PostgreSQL alone each at ${r.concurrencies.join(', ')} requests (or transactions) in flight, closed loop; `
