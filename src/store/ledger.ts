@@ -435,16 +435,25 @@ export async function claimAcross(
   db: Queryable, requests: ClaimRequest[], opts: { leaseMs: number; limit: number },
 ): Promise<(DomainRow & { request: number })[]> {
   if (requests.length === 0 || opts.limit <= 0) return [];
+  // One batch at a time (LATERAL: a nested loop, each batch read by its message_id), and status tests written
+  // `(d.status || '')` so that they cannot match the stalled sweep's partial indexes (batch_domain_idle,
+  // batch_domain_leased). When the statistics lagged a backlog (a burst of 1-domain callbacks), the planner
+  // read one of those indexes whole for every batch asked for, or hashed every open domain of the table: 2 to
+  // 7 ms a claim at 10,000 pending domains, growing with the backlog. The lock is taken inside, on the rows
+  // each batch gives; the few the claim does not keep stay locked only until the statement ends.
   const excluded = requests.flatMap((r) => r.exclude.map((domain) => [r.messageId, domain] as const));
   const { rows } = await db.query<DomainRow & { request: number }>(
     `WITH r AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(message_id, claim_token, ord)),
           x AS (SELECT * FROM unnest($3::text[], $4::text[]) AS x(message_id, domain)),
           picked AS (
-            SELECT d.message_id, d.domain, r.claim_token, r.ord FROM r JOIN batch_domain d ON d.message_id = r.message_id
-            WHERE (d.status IN ('pending', 'retryable') OR (d.status = 'in_progress' AND d.claimed_until < now()))
-              AND NOT EXISTS (SELECT 1 FROM x WHERE x.message_id = d.message_id AND x.domain = d.domain)
-            ORDER BY r.ord, d.domain LIMIT $6
-            FOR UPDATE OF d SKIP LOCKED)
+            SELECT d.message_id, d.domain, r.claim_token, r.ord FROM r CROSS JOIN LATERAL (
+              SELECT d.message_id, d.domain FROM batch_domain d
+              WHERE d.message_id = r.message_id AND d.status <> 'succeeded'
+                AND ((d.status || '') IN ('pending', 'retryable') OR ((d.status || '') = 'in_progress' AND d.claimed_until < now()))
+                AND NOT EXISTS (SELECT 1 FROM x WHERE x.message_id = d.message_id AND x.domain = d.domain)
+              ORDER BY d.domain LIMIT $6
+              FOR UPDATE SKIP LOCKED) d
+            ORDER BY r.ord, d.domain LIMIT $6)
      UPDATE batch_domain b SET status = 'in_progress', claimed_by = p.claim_token,
             claimed_until = now() + make_interval(secs => $5::double precision / 1000),
             attempts = b.attempts + 1, updated_at = now()
@@ -497,10 +506,12 @@ export interface HeldDomain { messageId: string; claimToken: string; domain: str
  */
 export async function renewClaims(db: Queryable, held: HeldDomain[], leaseMs: number): Promise<{ messageId: string; domain: string }[]> {
   if (held.length === 0) return [];
+  // By primary key: `(b.status || '')` keeps the planner off batch_domain_leased (see claimAcross), which it
+  // read whole, every in-progress row of the table, when its statistics lagged a backlog.
   const { rows } = await db.query<{ messageId: string; domain: string }>(
     `UPDATE batch_domain b SET claimed_until = now() + make_interval(secs => $5::double precision / 1000), user_id_cdn = x.u
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(m, t, d, u)
-     WHERE b.message_id = x.m AND b.domain = x.d AND b.status = 'in_progress' AND b.claimed_by = x.t
+     WHERE b.message_id = x.m AND b.domain = x.d AND (b.status || '') = 'in_progress' AND b.claimed_by = x.t
      RETURNING b.message_id AS "messageId", b.domain`,
     [held.map((h) => h.messageId), held.map((h) => h.claimToken), held.map((h) => h.domain), held.map((h) => h.userIdCdn), leaseMs],
   );
