@@ -439,8 +439,14 @@ export async function claimAcross(
   // `(d.status || '')` so that they cannot match the stalled sweep's partial indexes (batch_domain_idle,
   // batch_domain_leased). When the statistics lagged a backlog (a burst of 1-domain callbacks), the planner
   // read one of those indexes whole for every batch asked for, or hashed every open domain of the table: 2 to
-  // 7 ms a claim at 10,000 pending domains, growing with the backlog. The lock is taken inside, on the rows
-  // each batch gives; the few the claim does not keep stay locked only until the statement ends.
+  // 7 ms a claim at 10,000 pending domains, growing with the backlog.
+  //  - No ORDER BY outside: the nested loop yields the batches in request order (r keeps the array's order),
+  //    each in domain order, and the LIMIT stops it as soon as the claim is full. A sort there would run every
+  //    batch's subquery first, locking rows of batches the claim then drops, which another worker's claim on
+  //    those batches would skip and read as "nothing to claim". Unkept rows locked are now at most the rest of
+  //    the last batch read, until the statement ends.
+  //  - NOT IN, not NOT EXISTS: the tried list (x) becomes one hashed subplan; NOT EXISTS was planned as a
+  //    rescan of x for every candidate row, quadratic for a large batch half tried. Neither side is ever NULL.
   const excluded = requests.flatMap((r) => r.exclude.map((domain) => [r.messageId, domain] as const));
   const { rows } = await db.query<DomainRow & { request: number }>(
     `WITH r AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(message_id, claim_token, ord)),
@@ -450,10 +456,10 @@ export async function claimAcross(
               SELECT d.message_id, d.domain FROM batch_domain d
               WHERE d.message_id = r.message_id AND d.status <> 'succeeded'
                 AND ((d.status || '') IN ('pending', 'retryable') OR ((d.status || '') = 'in_progress' AND d.claimed_until < now()))
-                AND NOT EXISTS (SELECT 1 FROM x WHERE x.message_id = d.message_id AND x.domain = d.domain)
+                AND (d.message_id, d.domain) NOT IN (SELECT x.message_id, x.domain FROM x)
               ORDER BY d.domain LIMIT $6
               FOR UPDATE SKIP LOCKED) d
-            ORDER BY r.ord, d.domain LIMIT $6)
+            LIMIT $6)
      UPDATE batch_domain b SET status = 'in_progress', claimed_by = p.claim_token,
             claimed_until = now() + make_interval(secs => $5::double precision / 1000),
             attempts = b.attempts + 1, updated_at = now()
