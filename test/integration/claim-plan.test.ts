@@ -5,25 +5,9 @@
  */
 import { expect } from 'chai';
 import type pg from 'pg';
-import type { Queryable } from '../../src/store/db.js';
 import { claimAcross, renewClaims } from '../../src/store/ledger.js';
 import { messageId, testDb } from '../helpers/env.js';
-import { planNodes } from '../helpers/plan.js';
-
-/** Runs `fn` with a Queryable that explains (and runs) the first statement it sends and passes the rest through; returns that plan. */
-async function explainFirst(client: pg.PoolClient, fn: (q: Queryable) => Promise<unknown>): Promise<unknown> {
-  let plan: unknown;
-  const explaining = {
-    query: async (text: string, params: unknown[]) => {
-      if (plan !== undefined) return client.query(text, params);
-      const res = await client.query<{ 'QUERY PLAN': unknown }>(`EXPLAIN (ANALYZE, FORMAT JSON) ${text}`, params);
-      plan = res.rows[0]!['QUERY PLAN'];
-      return { rows: [] };
-    },
-  } as unknown as Queryable;
-  await fn(explaining);
-  return plan;
-}
+import { explainFirst, planNodes } from '../helpers/plan.js';
 
 describe('claim plan', function () {
   this.timeout(60_000);
