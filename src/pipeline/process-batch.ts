@@ -148,6 +148,8 @@ async function park(deps: ProcessDeps, messageId: string | null, reason: string,
  * it covers every pass, not just the last one.
  */
 async function alarmBatchFailures(db: Db, messageId: string, counts: StatusCounts, why: string): Promise<void> {
+  // The counts say whether there is anything to list: a batch that ended well costs no further round trip.
+  if (counts.failed + counts.unknown_domain === 0) return;
   const rows = await listFailures(db, messageId);
   if (rows.length === 0) return;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
