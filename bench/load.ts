@@ -12,7 +12,6 @@
  *   round trip, its own transaction; "grouped": the service's own IngestBatcher, so callbacks in flight at
  *   once share one statement and one commit (group commit). The ingest section runs both and takes the best.
  */
-import http from 'node:http';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -22,6 +21,7 @@ import { createDb } from '../src/store/db.js';
 import { recordCallback } from '../src/store/ledger.js';
 import { busyShare, cpuMs, machineCpu } from './proc-stats.js';
 import { quantile } from './stats.js';
+import { callbackPoster } from './workload.js';
 
 export interface LoadConfig {
   mode: 'http' | 'pg';
@@ -86,24 +86,11 @@ const template = JSON.stringify({
 const OPEN_LOOP_MAX = 256;
 
 function httpOp(): () => Promise<void> {
-  const target = new URL('/api/pm/pipe/callback', cfg.url);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.ratePerSec ? OPEN_LOOP_MAX : cfg.concurrency });
-  return () => new Promise<void>((resolve, reject) => {
-    const body = template.join(nextHex());
-    const req = http.request({
-      agent, hostname: target.hostname, port: target.port, path: target.pathname, method: 'POST',
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-callback-token': cfg.callbackToken ?? '' },
-    }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { text += c; });
-      res.on('end', () => (res.statusCode === 200 && text.includes('"success":true') ? resolve() : reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`))));
-      res.on('error', reject);
-    });
-    req.setTimeout(30_000, () => req.destroy(new Error('no reply within 30 s')));
-    req.on('error', reject);
-    req.end(body);
-  });
+  const post = callbackPoster(cfg.url!, cfg.callbackToken ?? '', cfg.ratePerSec ? OPEN_LOOP_MAX : cfg.concurrency);
+  return async () => {
+    const { status, text } = await post(template.join(nextHex()));
+    if (status !== 200 || !text.includes('"success":true')) throw new Error(`HTTP ${status}: ${text.slice(0, 200)}`);
+  };
 }
 
 function pgOp(): { op: () => Promise<void>; close: () => Promise<void> } {
