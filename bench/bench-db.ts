@@ -29,11 +29,15 @@ export class BenchDb {
     return this.pool;
   }
 
-  /** Empties the ledger, inventory and alarms so each scenario starts from the same state. */
-  async truncate(): Promise<void> {
+  /**
+   * Empties the ledger, inventory and alarms so each scenario starts from the same state; `keepInventory`
+   * leaves the domain inventory (cdn_domain) as it is.
+   */
+  async truncate(opts: { keepInventory?: boolean } = {}): Promise<void> {
     const { rows } = await this.db.query<{ present: boolean }>(`SELECT to_regclass('domain_attempt') IS NOT NULL AS present`);
     const attempts = rows[0]!.present ? ', domain_attempt' : '';
-    await this.db.query(`TRUNCATE callback_audit, batch_domain, batch, cdn_domain, sys_task_process_alarm${attempts} CASCADE`);
+    const inventory = opts.keepInventory ? '' : ', cdn_domain';
+    await this.db.query(`TRUNCATE callback_audit, batch_domain, batch${inventory}, sys_task_process_alarm${attempts} CASCADE`);
     // Flush dirty pages now rather than in the middle of the next measurement. (No ANALYZE here: statistics
     // taken of empty tables make the planner scan them sequentially while they fill, e.g. in the foreign-key
     // check of every batch_domain insert, which halves the ingest rate until autovacuum re-analyzes.)

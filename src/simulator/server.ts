@@ -81,6 +81,8 @@ export interface Simulator {
   stats(): SimulatorStats;
   /** Clears stats, deletion records and the current token; options are kept. */
   reset(): void;
+  /** Clears stats and deletion records only: the current token stays valid (the end of a bench's warm-up). */
+  resetStats(): void;
   /** Validates and applies a partial update; throws SimulatorOptionsError on a bad value. */
   setOptions(partial: Partial<SimulatorOptions>): void;
   /** Options without the password. */
@@ -270,6 +272,10 @@ export function createSimulator(options: Partial<SimulatorOptions> = {}): Simula
     reset() {
       stats = emptyStats();
       current = null;
+    },
+
+    resetStats() {
+      stats = emptyStats();
     },
 
     setOptions(partial) {

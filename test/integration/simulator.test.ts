@@ -307,6 +307,18 @@ describe('security-platform simulator', () => {
       expect(await rejectionOf(api.deleteUsers(third.accessToken, 3, ['a']))).to.be.instanceOf(TokenRejectedError);
     });
 
+    it('when only the stats are reset (resetStats), then they start from zero and the current token still works', async () => {
+      const s = await startSim();
+      const api = client();
+      const { accessToken } = await api.fetchToken();
+      await api.deleteUsers(accessToken, 1, ['a']);
+      s.resetStats();
+      expect(s.stats()).to.include({ tokenFetches: 0, deleteCalls: 0, entriesReceived: 0 });
+      expect((await api.deleteUsers(accessToken, 1, ['b'])).succeeded).to.deep.equal(['b']);
+      expect(s.stats()).to.include({ tokenFetches: 0, deleteCalls: 1, unauthorized: 0 });
+      expect(s.stats().deletedCounts).to.deep.equal({ b: 1 });
+    });
+
     it('when PATCH /__sim/options gets a bad value, an unknown key or bad JSON, then it answers 400 and changes nothing', async () => {
       const s = await startSim();
       for (const body of [{ errorRate: 2 }, { latencyMs: -1 }, { failIds: 'a' }, { passwrd: 'x' }, '{bad']) {
