@@ -86,7 +86,7 @@ const template = JSON.stringify({
 const OPEN_LOOP_MAX = 256;
 
 function httpOp(): () => Promise<void> {
-  const post = callbackPoster(cfg.url!, cfg.callbackToken ?? '', cfg.ratePerSec ? OPEN_LOOP_MAX : cfg.concurrency);
+  const { post } = callbackPoster(cfg.url!, cfg.callbackToken ?? '', cfg.ratePerSec ? OPEN_LOOP_MAX : cfg.concurrency);
   return async () => {
     const { status, text } = await post(template.join(nextHex()));
     if (status !== 200 || !text.includes('"success":true')) throw new Error(`HTTP ${status}: ${text.slice(0, 200)}`);

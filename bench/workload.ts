@@ -49,10 +49,12 @@ export function workloadMaker(tag: string): (callbacks: number, sizes?: readonly
  * about four times the CPU per request (the bench's own process, simulator included, used 42 % of a core
  * posting 1-domain callbacks at 840/s with fetch, 13 % at 1,080/s with this).
  */
-export function callbackPoster(url: string, token: string, maxSockets: number): (body: string) => Promise<{ status: number; text: string }> {
+export function callbackPoster(url: string, token: string, maxSockets: number): {
+  post: (body: string) => Promise<{ status: number; text: string }>; close: () => void;
+} {
   const target = new URL('/api/pm/pipe/callback', url);
   const agent = new http.Agent({ keepAlive: true, maxSockets });
-  return (body) => new Promise((resolve, reject) => {
+  const post = (body: string) => new Promise<{ status: number; text: string }>((resolve, reject) => {
     const req = http.request({
       agent, hostname: target.hostname, port: target.port, path: target.pathname, method: 'POST',
       headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-callback-token': token },
@@ -67,11 +69,12 @@ export function callbackPoster(url: string, token: string, maxSockets: number): 
     req.on('error', reject);
     req.end(body);
   });
+  return { post, close: () => agent.destroy() };
 }
 
 /** Posts callbacks with `concurrency` in flight; throws on the first reply other than 200. */
 export async function postCallbacks(url: string, token: string, bodies: string[], concurrency = 8): Promise<void> {
-  const post = callbackPoster(url, token, concurrency);
+  const { post, close } = callbackPoster(url, token, concurrency);
   let next = 0;
   const worker = async () => {
     while (next < bodies.length) {
@@ -79,5 +82,9 @@ export async function postCallbacks(url: string, token: string, bodies: string[]
       if (res.status !== 200) throw new Error(`callback answered ${res.status}: ${res.text.slice(0, 200)}`);
     }
   };
-  await Promise.all(Array.from({ length: concurrency }, worker));
+  try {
+    await Promise.all(Array.from({ length: concurrency }, worker));
+  } finally {
+    close();
+  }
 }

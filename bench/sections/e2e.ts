@@ -99,7 +99,7 @@ export async function runE2e(ctx: BenchContext, workers: number, batchSize: numb
     await postCallbacks(api.url, ctx.callbackToken, warmup.bodies, postConcurrency(workload.sizes));
     await ctx.bench.waitDone(warmup.domains.length, Math.max(120_000, expectedSec * 5000));
     await ctx.bench.truncate({ keepInventory: true });
-    ctx.sim.resetStats(); // the token stays: the workers' warm-up goes on unnoticed
+    ctx.sim.resetStats(); // not its token: the workers go on with the one they fetched in the warm-up
     const workerCpu = () => ws.reduce((sum, x) => sum + (cpuMs(x.pid) ?? 0), 0);
     const cpu0 = { machine: machineCpu(), workers: workerCpu() };
     const t0 = Date.now();
